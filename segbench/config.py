@@ -55,11 +55,11 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     if errors:
         lines = [f"  {_key_path(error)}: {error.message}" for error in errors]
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))
-    _check_references(cfg, source)
+    check_references(cfg, source)
     return cfg
 
 
-def _check_references(cfg: dict, source: str) -> None:
+def check_references(cfg: dict, source: str) -> None:
     from segbench.registry import list_models
 
     known = set(list_models())

@@ -1,0 +1,40 @@
+# The README's two commands: `make smoke` (set up, run the synthetic DAG, render reports/) and
+# `make test`. Both create .venv on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+CORES ?= 2
+
+.PHONY: install smoke test test-fast bench lint clean-smoke
+
+# torch goes in first, on its own: the CUDA build that also runs on CPU (see README, "Install").
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+smoke: install
+	snakemake --cores $(CORES) --configfile config/smoke.yaml
+	dvc repro
+
+test: install
+	pytest -q
+
+test-fast: install
+	pytest -q -m "not slow and not slurm"
+
+bench: install
+	python benchmarks/scan.py --markdown reports/.bench_scan.md
+	python benchmarks/models.py --markdown reports/.bench_models.md
+	python benchmarks/loader.py --markdown reports/.bench_loader.md
+	python benchmarks/render.py reports/.bench_scan.md reports/.bench_models.md reports/.bench_loader.md > reports/benchmarks_cpu.md
+
+lint:
+	snakemake --lint --configfile config/smoke.yaml
+
+clean-smoke:
+	rm -rf results logs data/processed data/splits data/cache .snakemake

@@ -1,0 +1,151 @@
+"""The one command line: ``segbench <command>``. Every Snakemake rule is one call of it."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from segbench.config import ConfigError, load_config, variant_spec
+
+
+def _gpu_slot_for(device: str):
+    """Hold one GPU for this process when a GPU will be used (segbench.gpu_slots); else nothing."""
+    if device == "cpu":
+        return contextlib.nullcontext()
+    import torch
+
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from segbench.gpu_slots import gpu_slot
+
+    return gpu_slot()
+
+
+def _train(args) -> None:
+    from segbench.train import train_run
+
+    cfg = load_config(args.config)
+    with _gpu_slot_for(cfg["train"]["device"]):
+        train_run(cfg, args.protocol, args.variant, args.seed, args.out)
+
+
+def _evaluate(args) -> None:
+    from segbench.evaluate import evaluate_run
+    from segbench.nn.selective_scan import set_default_backend
+    from segbench.train import load_trained, select_device
+
+    cfg = load_config(args.config)
+    set_default_backend(cfg["scan_backend"])
+    with _gpu_slot_for(cfg["train"]["device"]):
+        device = select_device(cfg["train"]["device"])
+        model, card, manifest = load_trained(args.run, device)
+        meta = {key: manifest[key] for key in ("protocol", "variant", "model", "seed")}
+        metrics = evaluate_run(model, card, cfg, args.test_set, args.out, meta, device)
+    print(json.dumps({key: metrics[key] for key in ("n_images", "pooled", "per_image")}, indent=2))
+
+
+def _score(args) -> None:
+    from segbench.evaluate import format_score, score_folders
+    from segbench.io import atomic_write
+
+    text = format_score(score_folders(args.pred_dir, args.gt_dir))
+    if args.out:
+        with atomic_write(args.out) as handle:
+            handle.write(text + "\n")
+    print(text)
+
+
+def _profile(args) -> None:
+    from segbench.io import write_json
+    from segbench.nn.selective_scan import set_default_backend
+    from segbench.profile import profile_model
+    from segbench.train import select_device
+
+    if args.config:
+        cfg = load_config(args.config)
+        variant = args.variant or args.model
+        model_name, kwargs = variant_spec(cfg, variant)
+        if cfg["profile"]["configuration"] == "default":
+            kwargs = {key: value for key, value in kwargs.items() if key in ("depths", "deep_supervision")}
+        size, warmup, runs = cfg["profile"]["size"], cfg["profile"]["warmup"], cfg["profile"]["runs"]
+        device_name, backend, amp = cfg["profile"]["device"], cfg["scan_backend"], cfg["train"]["amp"]
+    else:
+        variant, model_name, kwargs = args.model, args.model, {}
+        size, warmup, runs, device_name, backend, amp = args.size, args.warmup, args.runs, args.device, "auto", False
+    set_default_backend(backend)
+    with _gpu_slot_for(device_name):
+        result = profile_model(model_name, kwargs, size, select_device(device_name), warmup, runs, amp)
+    result["variant"] = variant
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _models(args) -> None:
+    from segbench.registry import get_card, list_models, model_import_errors
+
+    for name in list_models():
+        card = get_card(name)
+        print(f"{name:12s} output={card.output:13s} needs_mamba_ssm={card.needs_mamba_ssm!s:5s} {card.paper}")
+    for path, error in model_import_errors().items():
+        print(f"BROKEN {path}: {error}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one (protocol, variant, seed) run; resumes if interrupted")
+    train.add_argument("--config", required=True)
+    train.add_argument("--protocol", required=True)
+    train.add_argument("--variant", required=True, help="a model name from the config, or an ablation cell")
+    train.add_argument("--seed", type=int, required=True)
+    train.add_argument("--out", required=True, help="run folder (model.pt, train_log.csv, manifest.json)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained run on one test set")
+    evaluate.add_argument("--config", required=True)
+    evaluate.add_argument("--run", required=True, help="run folder written by segbench train")
+    evaluate.add_argument("--test-set", required=True)
+    evaluate.add_argument("--out", required=True, help="folder for metrics.json, per_image.csv, predictions.npz")
+    evaluate.set_defaults(handler=_evaluate)
+
+    score = commands.add_parser("score", help="score a folder of predicted masks against ground truth")
+    score.add_argument("pred_dir")
+    score.add_argument("gt_dir")
+    score.add_argument("--out", help="also write the JSON here")
+    score.set_defaults(handler=_score)
+
+    profile = commands.add_parser("profile", help="parameters, FLOPs and FPS of a model")
+    profile.add_argument("--model", help="registered model name (without --config: its default configuration)")
+    profile.add_argument("--config", help="take the variant's configuration and the profile settings from here")
+    profile.add_argument("--variant")
+    profile.add_argument("--size", type=int, default=256)
+    profile.add_argument("--warmup", type=int, default=10)
+    profile.add_argument("--runs", type=int, default=50)
+    profile.add_argument("--device", default="auto")
+    profile.add_argument("--out")
+    profile.set_defaults(handler=_profile)
+
+    models = commands.add_parser("models", help="list registered models")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.handler is _profile and not (args.model or args.variant):
+        build_parser().error("profile needs --model (or --config with --variant)")
+    try:
+        args.handler(args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"segbench {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

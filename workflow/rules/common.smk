@@ -1,0 +1,69 @@
+# Shared helpers: the run grid, file names and per-job resources, all derived from the config.
+import json
+
+from segbench.config import check_references, planned_runs, variant_spec
+from segbench.io import atomic_write
+
+check_references(config, "--configfile")
+
+RESULTS = "results"
+RUN_CONFIG = f"{RESULTS}/run_config.yaml"
+RUN_DIR = RESULTS + "/{protocol}/{variant}/seed{seed}"
+DATA_ROOT = config["data"]["root"]
+RUNS = planned_runs(config)
+VARIANTS = sorted({run.variant for run in RUNS})
+
+
+wildcard_constraints:
+    protocol="|".join(config["protocols"]),
+    variant="[a-z][a-z0-9_.-]*",
+    seed=r"\d+",
+    test_set="[a-z0-9_]+",
+
+
+def write_run_config():
+    """results/run_config.yaml: the validated config every job reads; rewritten only when it changes."""
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=True)
+    try:
+        with open(RUN_CONFIG) as handle:
+            if handle.read() == text:
+                return
+    except FileNotFoundError:
+        pass
+    with atomic_write(RUN_CONFIG) as handle:
+        handle.write(text)
+
+
+def cache_file(dataset):
+    return f"{DATA_ROOT}/cache/{dataset}_{config['image_size']}.npz"
+
+
+def gpus_for(device):
+    """GPUs a job asks for: none when the config pins it to the CPU, so CPU runs are not serialized."""
+    return 0 if device == "cpu" else 1
+
+
+def job_spec(*sections, variant=None):
+    """The config values a job depends on, as a params string: Snakemake reruns the job when they change."""
+    spec = {section: config[section] for section in sections}
+    if variant is not None:
+        spec["variant"] = variant_spec(config, variant)
+    return json.dumps(spec, sort_keys=True)
+
+
+def eval_targets(runs):
+    return [
+        f"{RESULTS}/{run.protocol}/{run.variant}/seed{run.seed}/eval/{test_set}/metrics.json"
+        for run in runs
+        for test_set in config["protocols"][run.protocol]["test"]
+    ]
+
+
+def profile_targets(variants):
+    return [f"{RESULTS}/profile/{variant}.json" for variant in variants]
+
+
+def all_targets():
+    return eval_targets(RUNS) + profile_targets(VARIANTS)

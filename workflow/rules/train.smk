@@ -1,0 +1,22 @@
+rule train:
+    input:
+        data=lambda wc: cache_file(config["protocols"][wc.protocol]["train"]),
+    output:
+        model=f"{RUN_DIR}/model.pt",
+        log=f"{RUN_DIR}/train_log.csv",
+        manifest=f"{RUN_DIR}/manifest.json",
+    params:
+        spec=lambda wc: job_spec("train", "data", "image_size", "scan_backend", "pretrained", variant=wc.variant),
+        run_dir=RUN_DIR,
+    log:
+        "logs/train/{protocol}/{variant}/seed{seed}.log",
+    threads: config["train"]["num_threads"] or 4
+    resources:
+        gpu=gpus_for(config["train"]["device"]),
+        mem_mb=8000,
+        runtime=24 * 60,
+    conda:
+        "../envs/segbench.yaml"
+    shell:
+        "segbench train --config {RUN_CONFIG} --protocol {wildcards.protocol} --variant {wildcards.variant}"
+        " --seed {wildcards.seed} --out {params.run_dir} > {log} 2>&1"
