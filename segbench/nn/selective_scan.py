@@ -620,6 +620,16 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        if torch.jit.is_tracing():
+            # A trace records this whole function as one op and replays it with real inputs,
+            # so the shape-dependent Python inside cannot go stale; its TracerWarnings are noise.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                return SelectiveScanFn._forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return SelectiveScanFn._forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         dtype = _compute_dtype(u)
         cast = lambda t: t.to(dtype).contiguous() if t is not None else None  # noqa: E731
         u_, delta_, A_, B_, C_, D_, z_, bias_ = (cast(t) for t in (u, delta, A, B, C, D, z, delta_bias))
