@@ -1,0 +1,9 @@
+"""Datasets: registry, download, preparation, splits, the resized cache and the synthetic source.
+
+Kept light on purpose: importing ``segbench.data`` loads numpy only; downloaders (pooch, gdown)
+and image libraries are imported where they are used.
+"""
+from segbench.data.cache import CacheError, load_cache
+from segbench.data.registry import DATASET_NAMES, DATASETS
+
+__all__ = ["CacheError", "DATASETS", "DATASET_NAMES", "load_cache"]

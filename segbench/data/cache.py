@@ -1,0 +1,91 @@
+"""The resized cache ``cache/<dataset>_<size>.npz``: what training and pooled evaluation read.
+
+Arrays: ``ids`` (str, N), ``split`` (str, N: train|val|test), ``images`` uint8 (N, S, S, 3),
+``masks`` uint8 (N, S, S) with values 0/255. Rows follow the split file (sorted ids).
+
+Resize rule: images bilinear with antialiasing (PIL). Masks are resized bilinearly as float
+in [0, 1] (the official pipeline resizes the mask tensor bilinearly) and then thresholded at 0.5,
+which is exactly how the official metrics binarise the resized ground truth. The cache therefore
+keeps binary 0/255 targets; the official training saw the soft border values instead (a border
+of about one pixel; see docs/data.md).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from segbench.data.registry import SPLITS
+
+
+class CacheError(ValueError):
+    """The cache file is missing, malformed, or has no rows for the requested split."""
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+    soft = Image.fromarray(mask.astype(np.float32) / 255.0, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized), np.where(np.asarray(soft) >= 0.5, 255, 0).astype(np.uint8)
+
+
+def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path, size: int,
+                out_path: str | Path, progress: bool = True) -> int:
+    """Write the cache for every row of the split file (files verified against its hashes)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from segbench.data.splits import read_split
+    from segbench.io import atomic_path, sha256_file
+
+    processed_dir = Path(processed_dir)
+    rows = read_split(split_file)
+    if not rows:
+        raise CacheError(f"{split_file} has no rows; re-run the split for {dataset}")
+    images = np.empty((len(rows), size, size, 3), np.uint8)
+    masks = np.empty((len(rows), size, size), np.uint8)
+    for index, row in enumerate(tqdm(rows, desc=f"cache {dataset} {size}px", unit="image",
+                                     disable=not progress, file=sys.stderr)):
+        pair = []
+        for kind in ("image", "mask"):
+            path = processed_dir / f"{kind}s" / f"{row['id']}.png"
+            if not path.exists() or sha256_file(path) != row[f"{kind}_sha256"]:
+                raise CacheError(
+                    f"{path} does not match {split_file} (missing or changed after the split was made); "
+                    f"re-run the prepare and split steps for {dataset}"
+                )
+            with Image.open(path) as handle:
+                pair.append(np.asarray(handle.convert("RGB" if kind == "image" else "L")))
+        images[index], masks[index] = resize_pair(pair[0], pair[1], size)
+    with atomic_path(out_path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, ids=np.array([row["id"] for row in rows]), split=np.array([row["split"] for row in rows]),
+                     images=images, masks=masks)
+    return len(rows)
+
+
+def load_cache(path: str | Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(ids, images uint8 (N,S,S,3), masks uint8 (N,S,S) 0/255)`` of one split of a cache file."""
+    path = Path(path)
+    if split not in SPLITS:
+        raise CacheError(f"split must be one of {SPLITS}, got {split!r}")
+    if not path.exists():
+        raise CacheError(
+            f"cache file {path} does not exist; build it with `snakemake {path}` "
+            "(or `segbench data cache DATASET --size S`)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            splits = archive["split"]
+            keep = splits == split
+            if not keep.any():
+                found = {name: int((splits == name).sum()) for name in SPLITS if (splits == name).any()}
+                raise CacheError(f"{path} has no {split!r} rows (it has {found}); check the dataset's split rule")
+            ids = [str(i) for i in archive["ids"][keep]]
+            return ids, archive["images"][keep], archive["masks"][keep]
+    except CacheError:
+        raise
+    except (KeyError, ValueError, OSError) as error:
+        raise CacheError(f"{path} is not a segbench cache ({error}); delete it and rebuild it") from None

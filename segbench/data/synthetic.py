@@ -1,0 +1,123 @@
+"""Seeded synthetic stand-ins for every dataset, in the same convention as prepared real data.
+
+Skin-like images (ISIC stand-ins) show a darker brown, mottled lesion on a textured skin-coloured
+background; polyp-like images show a shaded, bulging pinkish blob with a specular highlight on a
+reddish mucosa texture. Lesion outlines are irregular (a radius that varies with the angle), and
+size, contrast, colour and image size vary from image to image, with sides that are mostly not
+multiples of 32 so the resize step is exercised. Masks are 0/255.
+
+Each dataset draws from its own generator (seed + dataset name), so preparing one dataset does not
+change another. Streams are numpy's PCG64: identical for a given numpy version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from segbench.data.registry import get_dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSettings:
+    seed: int = 0
+    n_train: int = 24
+    n_test: int = 8
+    min_side: int = 80
+    max_side: int = 128
+
+    def __post_init__(self):
+        if not 16 <= self.min_side <= self.max_side:
+            raise ValueError(
+                f"synthetic sides: expected 16 <= min_side <= max_side, found min_side={self.min_side}, "
+                f"max_side={self.max_side}; fix data.synthetic in the config"
+            )
+        if self.n_train < 1 or self.n_test < 1:
+            raise ValueError(f"synthetic counts must be >= 1, found n_train={self.n_train}, n_test={self.n_test}")
+
+
+def synthetic_count(dataset: str, settings: SyntheticSettings) -> int:
+    """ISIC stand-ins hold train and test images (the split code cuts 7:3); polyp sets one kind."""
+    spec = get_dataset(dataset)
+    if spec.kind == "isic":
+        return settings.n_train + settings.n_test
+    return settings.n_train if spec.is_training_set else settings.n_test
+
+
+def _rng(dataset: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(dataset.encode())])
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bicubically."""
+    grid = rng.uniform(-1.0, 1.0, size=(cells, cells)).astype(np.float32)
+    field = Image.fromarray(grid, mode="F").resize((width, height), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(field), -1.0, 1.0)
+
+
+def _blob(rng: np.random.Generator, height: int, width: int, polyp: bool):
+    """An irregular blob: mask, normalised radial distance r/R(theta), and offsets in radii."""
+    side = min(height, width)
+    radius = side * rng.uniform(0.12, 0.34)
+    margin = radius * 0.6
+    cy = rng.uniform(margin, height - margin)
+    cx = rng.uniform(margin, width - margin)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    theta = np.arctan2(dy, dx)
+    # Polyps are rounder; skin lesions have ragged borders (more, stronger harmonics).
+    harmonics = range(2, 5) if polyp else range(2, 9)
+    strength = 0.12 if polyp else 0.22
+    profile = np.ones_like(theta)
+    for k in harmonics:
+        profile += rng.uniform(0, strength) / (k ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    stretch = rng.uniform(0.7, 1.3)
+    distance = np.sqrt((dx * stretch) ** 2 + (dy / stretch) ** 2) / (radius * np.clip(profile, 0.35, None))
+    return distance <= 1.0, distance, dx / radius, dy / radius
+
+
+def _skin_image(rng: np.random.Generator, height: int, width: int):
+    skin = np.array([rng.uniform(185, 235), rng.uniform(135, 185), rng.uniform(105, 155)], np.float32)
+    texture = 14 * _smooth_noise(rng, height, width, 5) + 5 * _smooth_noise(rng, height, width, 24)
+    image = skin + texture[..., None] + rng.normal(0, 3, (height, width, 3)).astype(np.float32)
+    mask, distance, _, _ = _blob(rng, height, width, polyp=False)
+    contrast = rng.uniform(0.35, 0.8)
+    lesion = np.array([rng.uniform(70, 140), rng.uniform(35, 85), rng.uniform(20, 60)], np.float32)
+    mottling = 25 * _smooth_noise(rng, height, width, 12)
+    blend = np.clip((1.0 - distance) * rng.uniform(4, 12), 0, 1)[..., None] * contrast / 0.8
+    image = image * (1 - blend) + (lesion + mottling[..., None]) * blend
+    return image, mask
+
+
+def _polyp_image(rng: np.random.Generator, height: int, width: int):
+    mucosa = np.array([rng.uniform(170, 225), rng.uniform(70, 120), rng.uniform(60, 105)], np.float32)
+    folds = 22 * _smooth_noise(rng, height, width, 6) + 8 * _smooth_noise(rng, height, width, 20)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    vignette = 1.0 - 0.45 * (((yy / height - 0.5) ** 2 + (xx / width - 0.5) ** 2) * 2)
+    image = (mucosa + folds[..., None]) * vignette[..., None]
+    mask, distance, across, down = _blob(rng, height, width, polyp=True)
+    dome = np.sqrt(np.clip(1.0 - distance**2, 0, 1))
+    tint = np.array([rng.uniform(0.95, 1.15), rng.uniform(0.75, 1.05), rng.uniform(0.75, 1.0)], np.float32)
+    contrast = rng.uniform(0.25, 0.6)
+    shaded = image * tint * (1 - contrast + contrast * (0.6 + 0.7 * dome[..., None]))
+    highlight_x, highlight_y = rng.uniform(-0.45, 0.45, 2)
+    glare = np.exp(-((across - highlight_x) ** 2 + (down - highlight_y) ** 2) * rng.uniform(25, 60))
+    shaded += (90 * glare * mask)[..., None]
+    image = np.where(mask[..., None], shaded, image)
+    image += rng.normal(0, 3, (height, width, 3)).astype(np.float32)
+    return image, mask
+
+
+def generate(dataset: str, settings: SyntheticSettings) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(id, image uint8 HxWx3, mask uint8 HxW 0/255)`` for every synthetic image of ``dataset``."""
+    spec = get_dataset(dataset)
+    rng = _rng(dataset, settings.seed)
+    draw = _skin_image if spec.kind == "isic" else _polyp_image
+    for index in range(synthetic_count(dataset, settings)):
+        height, width = rng.integers(settings.min_side, settings.max_side + 1, size=2)
+        image, mask = draw(rng, int(height), int(width))
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        yield f"{dataset}_{index:04d}", image, (mask.astype(np.uint8) * 255)
