@@ -9,7 +9,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+# The paper protocol unless --configfile names another (no merging: a smoke value never leaks into a paper run).
+if not workflow.config_settings.configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list registered models")
     models.set_defaults(handler=_models)
+
+    from segbench.data.cli import add_subparsers as add_data_commands
+
+    add_data_commands(commands)
     return parser
 
 
@@ -139,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.handler is _profile and not (args.model or args.variant):
         build_parser().error("profile needs --model (or --config with --variant)")
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"segbench {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

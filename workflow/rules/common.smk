@@ -11,7 +11,6 @@ RUN_CONFIG = f"{RESULTS}/run_config.yaml"
 RUN_DIR = RESULTS + "/{protocol}/{variant}/seed{seed}"
 DATA_ROOT = config["data"]["root"]
 RUNS = planned_runs(config)
-VARIANTS = sorted({run.variant for run in RUNS})
 
 
 wildcard_constraints:
@@ -66,4 +65,4 @@ def profile_targets(variants):
 
 
 def all_targets():
-    return eval_targets(RUNS) + profile_targets(VARIANTS)
+    return eval_targets(RUNS) + profile_targets(config["models"])
