@@ -1,8 +1,8 @@
 """``segbench data ...``: download, prepare, split, cache, check, synthesize, sources.
 
 The top-level CLI plugs this in with ``segbench.data.cli.add_subparsers(subparsers)``; every
-subcommand sets ``func`` (``args.func(args) -> exit code``). ``python -m segbench.data.cli data ...``
-runs the same commands without the top-level CLI.
+subcommand sets ``handler`` (``args.handler(args)``: returns on success, prints the error and exits
+with status 1 on failure). ``python -m segbench.data.cli data ...`` runs the same commands.
 """
 from __future__ import annotations
 
@@ -39,16 +39,15 @@ def _synthetic_settings(args):
                              min_side=args.min_side, max_side=args.max_side)
 
 
-def cmd_download(args) -> int:
+def cmd_download(args) -> None:
     from segbench.data.download import download_archive
 
     path = download_archive(args.archive, _root(args) / "raw", url=args.url, sha256=args.sha256,
                             retries=args.retries, progress=not args.no_progress)
     print(f"{path}: ok")
-    return 0
 
 
-def cmd_prepare(args) -> int:
+def cmd_prepare(args) -> None:
     from segbench.data.prepare import prepare_real, prepare_synthetic
 
     out = Path(args.out) if args.out else _processed(args)
@@ -63,37 +62,35 @@ def cmd_prepare(args) -> int:
     print(f"{out}: {report['n_pairs']} pairs prepared ({len(report['warnings'])} warning(s))")
     for warning in report["warnings"]:
         print(f"  warning: {warning}")
-    return 0
 
 
-def cmd_split(args) -> int:
+def cmd_split(args) -> None:
     from segbench.data.splits import write_split
 
     out = Path(args.out) if args.out else _root(args) / "splits" / f"{args.dataset}.csv"
     counts = write_split(args.dataset, _processed(args), out, args.val_fraction, args.seed, args.user_split)
     print(f"{out}: " + ", ".join(f"{split} {count}" for split, count in counts.items()))
-    return 0
 
 
-def cmd_cache(args) -> int:
+def cmd_cache(args) -> None:
     from segbench.data.cache import build_cache
 
     out = Path(args.out) if args.out else _root(args) / "cache" / f"{args.dataset}_{args.size}.npz"
     split_file = _root(args) / "splits" / f"{args.dataset}.csv"
     count = build_cache(args.dataset, _processed(args), split_file, args.size, out, progress=not args.no_progress)
     print(f"{out}: {count} images at {args.size}x{args.size}")
-    return 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args) -> None:
     from segbench.data.check import check_dataset, format_report
 
     report, problems = check_dataset(args.dataset, _root(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report, problems))
-    return 1 if problems else 0
+    if problems:
+        raise SystemExit(1)
 
 
-def cmd_synthesize(args) -> int:
+def cmd_synthesize(args) -> None:
     from segbench.data.prepare import prepare_synthetic
 
     from segbench.data.registry import get_dataset
@@ -103,10 +100,9 @@ def cmd_synthesize(args) -> int:
     for dataset in datasets:
         report = prepare_synthetic(dataset, settings, _root(args) / "processed" / dataset, progress=False)
         print(f"{_root(args) / 'processed' / dataset}: {report['n_pairs']} synthetic pairs")
-    return 0
 
 
-def cmd_sources(args) -> int:
+def cmd_sources(args) -> None:
     from segbench.data.registry import DATASETS, archives_for, get_dataset
 
     raw = _root(args) / "raw"
@@ -116,7 +112,6 @@ def cmd_sources(args) -> int:
     for archive in ARCHIVES.values():
         state = "present" if (raw / archive.name).exists() else "missing"
         print(f"{raw / archive.name} [{state}] <- {archive.manual_url} (about {archive.approx_size})")
-    return 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +129,7 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
 
 
 def _guarded(handler):
-    def run(args) -> int:
+    def run(args) -> None:
         from segbench.data.archives import ArchiveReadError, UnsafeArchiveError
         from segbench.data.cache import CacheError
         from segbench.data.download import DownloadError
@@ -142,12 +137,12 @@ def _guarded(handler):
         from segbench.data.splits import SplitError
 
         try:
-            return handler(args)
+            handler(args)
         except (ArchiveReadError, UnsafeArchiveError, CacheError, DownloadError, PrepareError, SplitError,
                 FileNotFoundError, ValueError, KeyError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             print(f"segbench data {args.data_command}: error: {message}", file=sys.stderr)
-            return 1
+            raise SystemExit(1) from None
 
     return run
 
@@ -165,7 +160,7 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     download.add_argument("--sha256", help="known sha256 (config data.sha256)")
     download.add_argument("--retries", type=int, default=2)
     _add_common(download)
-    download.set_defaults(func=_guarded(cmd_download))
+    download.set_defaults(handler=_guarded(cmd_download))
 
     prepare = commands.add_parser("prepare", help="archives -> ROOT/processed/DATASET (checked, atomic)")
     prepare.add_argument("dataset", choices=DATASET_NAMES)
@@ -177,7 +172,7 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     prepare.add_argument("--max-uncompressed", type=int, help="zip bomb guard in bytes (default 64 GiB)")
     _add_synthetic(prepare)
     _add_common(prepare)
-    prepare.set_defaults(func=_guarded(cmd_prepare))
+    prepare.set_defaults(handler=_guarded(cmd_prepare))
 
     split = commands.add_parser("split", help="write ROOT/splits/DATASET.csv")
     split.add_argument("dataset", choices=DATASET_NAMES)
@@ -186,32 +181,32 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--user-split", help="CSV id,split that replaces the seeded rule")
     _add_common(split)
-    split.set_defaults(func=_guarded(cmd_split))
+    split.set_defaults(handler=_guarded(cmd_split))
 
     cache = commands.add_parser("cache", help="write ROOT/cache/DATASET_SIZE.npz (resized uint8 arrays)")
     cache.add_argument("dataset", choices=DATASET_NAMES)
     cache.add_argument("--size", type=int, required=True)
     cache.add_argument("--out", help="default ROOT/cache/DATASET_SIZE.npz")
     _add_common(cache)
-    cache.set_defaults(func=_guarded(cmd_cache))
+    cache.set_defaults(handler=_guarded(cmd_cache))
 
     check = commands.add_parser("check", help="print the integrity report of a prepared dataset")
     check.add_argument("dataset", choices=DATASET_NAMES)
     check.add_argument("--json", action="store_true", help="print integrity.json as it is")
     _add_common(check)
-    check.set_defaults(func=_guarded(cmd_check))
+    check.set_defaults(handler=_guarded(cmd_check))
 
     synthesize = commands.add_parser("synthesize", help="prepare synthetic stand-ins for the datasets")
     synthesize.add_argument("datasets", nargs="*", metavar="DATASET", help="default: all eight")
     _add_synthetic(synthesize)
     _add_common(synthesize)
-    synthesize.set_defaults(func=_guarded(cmd_synthesize))
+    synthesize.set_defaults(handler=_guarded(cmd_synthesize))
 
     sources = commands.add_parser("sources", help="list the archives each dataset needs and where they go")
     sources.add_argument("datasets", nargs="*", metavar="DATASET")
     sources.add_argument("--isic-split", choices=["vmunet_archive", "seeded"], default="vmunet_archive")
     _add_common(sources)
-    sources.set_defaults(func=_guarded(cmd_sources))
+    sources.set_defaults(handler=_guarded(cmd_sources))
     return data
 
 
@@ -219,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segbench")
     add_subparsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    args.handler(args)
+    return 0
 
 
 if __name__ == "__main__":

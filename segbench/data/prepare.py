@@ -182,8 +182,10 @@ def _fail(dataset: str, problems: list[str], advice: str) -> PrepareError:
     )
 
 
-def _discard(temporary: Path, target: Path) -> None:
-    shutil.rmtree(temporary, ignore_errors=True)
+def _discard(temporary: Path | None, target: Path) -> None:
+    """Remove the work folder, and a target left incomplete by an earlier run (it has no done-marker)."""
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
     if target.exists() and not (target / "integrity.json").exists():
         shutil.rmtree(target, ignore_errors=True)
 
@@ -431,6 +433,9 @@ def prepare_real(
             "warnings": warnings,
         }
         return write_processed(dataset, pairs, out_dir, expected, report, advice, progress)
+    except BaseException:
+        _discard(None, Path(out_dir))
+        raise
     finally:
         for reader in readers.values():
             reader.close()
