@@ -1,0 +1,88 @@
+"""Helpers of the fault-injection suite: the real CLI and Snakemake in subprocesses, tiny configs,
+and the check that nothing half-written is left behind."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import TINY_CONFIG, tool_env
+
+TRAIN_SET = "polyp_train"
+TEST_SET = "kvasir"
+SETTINGS_SECTIONS = ("data", "train", "evaluate", "profile", "report")
+FAULT_SEED = int(os.environ.get("SEGBENCH_FAULT_SEED", "8"))
+
+# Names that segbench.io, segbench.checkpoint and segbench.data.prepare give to work in progress.
+PARTIAL_NAME = re.compile(r"^\..+\.tmp$|\.partial-\d+$|\.old-\d+$")
+
+
+def partial_files(root: Path) -> list[str]:
+    """Temporary names of unfinished writes anywhere under ``root`` (should be none after any exit)."""
+    return sorted(str(path.relative_to(root)) for path in Path(root).rglob("*") if PARTIAL_NAME.search(path.name))
+
+
+def segbench(*args, cwd: Path, timeout: float = 300, preexec_fn=None, **env) -> subprocess.CompletedProcess:
+    """The real ``segbench`` command of the venv, run in ``cwd`` with ``env`` added to the environment."""
+    return subprocess.run([str(Path(sys.executable).parent / "segbench"), *map(str, args)], cwd=cwd,
+                          env=tool_env(**env), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def snakemake_command(configfile: Path, *args, cores: int = 1) -> list[str]:
+    """``snakemake ARGS --cores N --configfile FILE`` (--configfile last: it takes several values)."""
+    return [sys.executable, "-m", "snakemake", *map(str, args), "--cores", str(cores), "--configfile", str(configfile)]
+
+
+def start(command: list[str], cwd: Path, log: Path, **env) -> subprocess.Popen:
+    """A background process in its own process group (so a kill reaches its children), output in ``log``."""
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, cwd=cwd, env=tool_env(**env), stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=60)
+
+
+def wait_until(condition, process: subprocess.Popen | None = None, timeout: float = 180, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def tiny_config(**overrides) -> dict:
+    """TINY_CONFIG (tests/conftest.py) with one test set; settings sections in ``overrides`` are merged
+    into TINY_CONFIG's, other keys replace TINY_CONFIG's."""
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_CONFIG))
+    cfg["protocols"] = {"polyp": {"train": TRAIN_SET, "test": [TEST_SET]}}
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if key in SETTINGS_SECTIONS else value
+    return cfg
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def train_config(path: Path, data_root: Path, **overrides) -> Path:
+    """A tiny CPU training config reading ``data_root``."""
+    return write_yaml(path, tiny_config(data={"root": str(data_root)}, **overrides))
+
+
+def train_args(config: Path, out: Path, variant: str = "unet") -> list:
+    return ["train", "--config", config, "--protocol", "polyp", "--variant", variant, "--seed", 0, "--out", out]
