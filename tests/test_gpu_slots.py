@@ -145,3 +145,54 @@ def test_separate_slurm_jobs_do_not_compete_but_one_job_does(tmp_path, monkeypat
     finally:
         other_release.touch()
         assert other_job.wait(timeout=30) == 0
+
+
+# A workflow of GPU jobs, each holding its slot for a second and recording what it got.
+GPU_WORKFLOW = r'''
+rule all:
+    input: expand("out/{i}.json", i=range(4))
+
+rule gpu_job:
+    output: "out/{i}.json"
+    resources: gpu=1
+    shell: "python hold.py {output}"
+'''
+HOLD_SCRIPT = r"""
+import json, os, sys, time
+from segbench.gpu_slots import gpu_slot
+launched = time.time()
+with gpu_slot(".gpu_locks", timeout_s=60, poll_s=0.05) as device:
+    start, visible = time.time(), os.environ["CUDA_VISIBLE_DEVICES"]
+    time.sleep(1.0)
+    end = time.time()
+with open(sys.argv[1], "w") as handle:
+    json.dump({"device": device, "visible": visible, "launched": launched, "start": start, "end": end}, handle)
+"""
+
+
+@pytest.mark.slow
+def test_default_profile_runs_one_job_per_gpu_each_on_its_own_device(tmp_path):
+    from conftest import REPO, run_tool
+
+    (tmp_path / "Snakefile").write_text(GPU_WORKFLOW)
+    (tmp_path / "hold.py").write_text(HOLD_SCRIPT)
+    run_tool([sys.executable, "-m", "snakemake", "--workflow-profile", str(REPO / "profiles" / "default"),
+              "--cores", "4"], tmp_path, CUDA_VISIBLE_DEVICES="0,1")
+    records = [json.loads(path.read_text()) for path in sorted((tmp_path / "out").glob("*.json"))]
+
+    assert len(records) == 4
+    for record in records:
+        assert record["visible"] == record["device"] and record["device"] in {"0", "1"}
+    holding = sorted([(r["start"], 1, r["device"]) for r in records] + [(r["end"], -1, r["device"]) for r in records])
+    running = set()
+    for _, change, device in holding:
+        if change == 1:
+            assert device not in running, f"two jobs held device {device} at once: {records}"
+            running.add(device)
+        else:
+            running.discard(device)
+    # Snakemake's own limit (resources: gpu in the profile): never more than 2 GPU jobs alive, so
+    # none of them even had to wait for the allocator.
+    alive = sorted([(r["launched"], 1) for r in records] + [(r["end"], -1) for r in records])
+    counts = [sum(change for _, change in alive[: i + 1]) for i in range(len(alive))]
+    assert max(counts) == 2, f"with 2 GPUs and 4 cores, 2 GPU jobs should run at once; {max(counts)} did"
