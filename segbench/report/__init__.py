@@ -1,0 +1,46 @@
+"""``segbench report``: the paper's Tables 1-5 beside ours, figures, README.md and summary.json.
+
+Hook-up in segbench/cli.py (this module imports nothing heavy until ``run`` is called)::
+
+    from segbench import report
+    parser = commands.add_parser("report", help=report.HELP)
+    report.add_arguments(parser)
+    parser.set_defaults(handler=report.run)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "render reports/ (tables, figures, README.md, summary.json) from results/"
+
+
+def build_reports(results_dir="results", out_dir="reports", data_root="data",
+                  paper_results="config/paper_results.csv") -> dict:
+    from segbench.report.build import build_reports as build
+
+    return build(results_dir, out_dir, data_root, paper_results)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default="results", help="results folder written by the workflow")
+    parser.add_argument("--out", default="reports", help="folder for the report files")
+    parser.add_argument("--data", default="data", help="data root (images for the qualitative figures)")
+    parser.add_argument("--paper", default="config/paper_results.csv", help="the paper's numbers")
+
+
+def run(args: argparse.Namespace) -> None:
+    build_reports(args.results, args.out, args.data, args.paper)
+    print(f"wrote {args.out}/README.md, tables, figures and summary.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segbench report", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ValueError as error:  # malformed inputs: the message names the file
+        print(f"segbench report: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from segbench.report import main
+
+sys.exit(main())
