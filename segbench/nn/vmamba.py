@@ -240,7 +240,7 @@ class VSSLayerUp(nn.Module):
 
 
 def _drop_path_rates(depths: Sequence[int], rate: float) -> list[float]:
-    return [value.item() for value in torch.linspace(0, rate, sum(depths))]
+    return [value.item() for value in torch.linspace(0, rate, sum(depths), device="cpu")]
 
 
 def _split_by_stage(values: list[float], depths: Sequence[int]) -> list[list[float]]:
