@@ -68,7 +68,7 @@ def _profile(args) -> None:
         variant = args.variant or args.model
         model_name, kwargs = variant_spec(cfg, variant)
         if cfg["profile"]["configuration"] == "default":
-            kwargs = {key: value for key, value in kwargs.items() if key in ("depths", "deep_supervision")}
+            kwargs = {}
         size, warmup, runs = cfg["profile"]["size"], cfg["profile"]["warmup"], cfg["profile"]["runs"]
         device_name, backend, amp = cfg["profile"]["device"], cfg["scan_backend"], cfg["train"]["amp"]
     else:
@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list registered models")
     models.set_defaults(handler=_models)
 
+    from segbench import report as report_command
     from segbench.data.cli import add_subparsers as add_data_commands
+
+    report = commands.add_parser("report", help="render reports/ (tables, figures, README) from results/")
+    report_command.add_arguments(report)
+    report.set_defaults(handler=report_command.run)
 
     add_data_commands(commands)
     return parser

@@ -114,12 +114,8 @@ def train_run(cfg: dict, protocol: str, variant: str, seed: int, out_dir: str | 
     if train_cfg["checkpoint"] == "best_val" and len(val_images) == 0:
         raise ValueError(f"train.checkpoint is best_val but {data_file} has no val split")
 
-    model = create_model(model_name, **model_kwargs)
     pretrained_file = cfg["pretrained"].get(model_name)
-    if pretrained_file:
-        from segbench.pretrained import load_pretrained
-
-        load_pretrained(model, model_name, pretrained_file)
+    model = create_model(model_name, pretrained=pretrained_file, **model_kwargs)
     model.to(device)
     if train_cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
