@@ -38,6 +38,12 @@ def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> byte
     return buffer.getvalue()
 
 
+def gradient_like(encoded_mask: bytes) -> bytes:
+    """A grayscale ramp of the size of an encoded mask: a file that is not a mask at all."""
+    width, height = Image.open(io.BytesIO(encoded_mask)).size
+    return encode(np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1)))
+
+
 def sample_pair(seed: int, height: int = 24, width: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """A random RGB image and a binary 0/255 mask with a rectangle of foreground."""
     rng = np.random.default_rng(seed)
