@@ -87,7 +87,8 @@ def test_shape_and_vocabulary():
     rows = load_paper_results(CSV)
     assert CSV.read_text().splitlines()[0] == ",".join(PAPER_COLUMNS)
     assert Counter(row["table"] for row in rows) == {1: 85, 2: 75, 3: 12, 4: 24, 5: 36}
-    keys = [(r["table"], r["dataset"], r["model"], r["encoder_depth"], r["deep_supervision"], r["metric"]) for r in rows]
+    keys = [(r["table"], r["dataset"], r["model"], r["encoder_depth"], r["deep_supervision"], r["metric"])
+            for r in rows]
     assert len(set(keys)) == len(keys) == 232
     assert {r["dataset"] for r in rows if r["table"] == 1} == {"isic17", "isic18"}
     assert {r["dataset"] for r in rows if r["table"] in (2, 4, 5)} == set(POLYP_DATASETS)

@@ -94,7 +94,8 @@ def compare_to_reference(summaries: dict[Key, Summary], test_sets: list[tuple[st
                 continue
             paired = pd.concat([ours.seed_averaged_dice.rename("ours"), theirs.seed_averaged_dice.rename("theirs")],
                                axis=1, join="inner")
-            raw[(protocol, test_set, baseline)] = paired_wilcoxon(paired["ours"].to_numpy(), paired["theirs"].to_numpy())
+            raw[(protocol, test_set, baseline)] = paired_wilcoxon(paired["ours"].to_numpy(),
+                                                                  paired["theirs"].to_numpy())
     keys = sorted(raw)
     adjusted = holm([raw[key].p_value for key in keys])
     return {key: Comparison(raw[key], p) for key, p in zip(keys, adjusted)}

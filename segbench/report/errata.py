@@ -107,7 +107,7 @@ def check_rates(grouped) -> list[Finding]:
                 f"{metrics['dsc']['value_text']}.")))
         shares = [_prevalence(c["acc"], c["sen"], c["spe"]) for c in corners]
         prevalence.setdefault((key[0], key[1]), []).append((key, _prevalence(acc, sen, spe), min(shares), max(shares)))
-    for (table, dataset), entries in prevalence.items():
+    for (_, dataset), entries in prevalence.items():
         if len(entries) < 3:
             continue
         consensus = statistics.median(point for _, point, _, _ in entries)
@@ -158,7 +158,8 @@ def check_copies(grouped) -> list[Finding]:
                     if different:
                         findings.append(Finding("same configuration, different numbers", (
                             f"{_describe(key)} and {_describe(ablation_key)} are the same configuration (Table 2's "
-                            f"VM-UNetV2 matches the {depth_label(depth)} / deep supervision {'TRUE' if ds else 'FALSE'} "
+                            f"VM-UNetV2 matches the {depth_label(depth)} / deep supervision "
+                            f"{'TRUE' if ds else 'FALSE'} "
                             f"cell on most datasets) but differ in " + ", ".join(
                                 f"{METRIC_LABELS[m]} ({grouped[key][m]['value_text']} vs "
                                 f"{grouped[ablation_key][m]['value_text']})" for m in different) + ".")))
@@ -194,7 +195,8 @@ def check_claims(paper_rows: list[dict]) -> list[Finding]:
         return out
 
     findings = []
-    claim = "\"For the ISIC datasets, our VM-UNetV2 outperforms other models in terms of the mIoU, DSC and Acc metrics\""
+    claim = ("\"For the ISIC datasets, our VM-UNetV2 outperforms other models in terms of the mIoU, DSC and Acc "
+             "metrics\"")
     for (dataset, metric), values in sorted(table(1).items()):
         if metric in ("miou", "dsc", "acc") and REFERENCE_MODEL not in _best(values):
             winners = ", ".join(f"{model_label(m)} {values[m]:.2f}" for m in _best(values))
@@ -214,7 +216,8 @@ def check_claims(paper_rows: list[dict]) -> list[Finding]:
             winners = ", ".join(f"{model_label(m)} {values[m]}" for m in _best(values, lower))
             findings.append(Finding("claims in the text", (
                 f"\"the FLOPs and FPS of VM-UNetV2 are superior to those of others\" (Table 3): the best "
-                f"{metric.upper() if metric == 'fps' else 'FLOPs'} is {winners}, VM-UNetV2 has {values[REFERENCE_MODEL]}.")))
+                f"{metric.upper() if metric == 'fps' else 'FLOPs'} is {winners}, VM-UNetV2 has "
+                f"{values[REFERENCE_MODEL]}.")))
     return findings
 
 

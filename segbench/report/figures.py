@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from segbench.io import atomic_path
@@ -39,7 +40,7 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> None:
 
 def _banner(fig: Figure, results: Results) -> None:
     if not results.comparable_to_paper:
-        fig.suptitle(NOT_COMPARABLE, color="firebrick", fontsize=9, fontweight="bold")
+        fig.suptitle(NOT_COMPARABLE.replace(": ", ":\n"), color="firebrick", fontsize=9, fontweight="bold")
 
 
 def _grid(count: int, columns: int = 4) -> tuple[int, int]:
@@ -111,7 +112,8 @@ def dsc_bars(results: Results, summaries: dict, paper: dict, out_dir: Path, per_
     return FigureEntry(stem, caption)
 
 
-def complexity_scatter(results: Results, summaries: dict, paper: dict, out_dir: Path, quantity: str) -> FigureEntry | None:
+def complexity_scatter(results: Results, summaries: dict, paper: dict, out_dir: Path,
+                       quantity: str) -> FigureEntry | None:
     """quantity: 'params' (params_paper, millions) or 'flops' (macs_no_scan_g), both counted as the paper does."""
     test_sets = results.test_sets()
     models = [m for m in _ordered_models(results.main_variants) if m in results.profiles]
@@ -184,6 +186,7 @@ def training_curves(results: Results, out_dir: Path) -> FigureEntry | None:
                 axis.set_yscale("log")
             axis.set_ylabel(label)
             axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))

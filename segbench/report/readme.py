@@ -44,7 +44,8 @@ def _config_value(cfg: dict | None, dotted: str):
 
 
 def _inline(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=True).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=True, width=1 << 20)
+    return text.strip().removesuffix("...").strip()
 
 
 def _protocol_lines(cfg: dict | None) -> list[str]:
@@ -52,13 +53,16 @@ def _protocol_lines(cfg: dict | None) -> list[str]:
         return ["No run config was found (results/run_config.yaml), so no protocol can be reported."]
     train, data = cfg.get("train", {}), cfg.get("data", {})
     lines = [
-        f"- Run `{cfg.get('run_name', '?')}`; comparable to the paper: **{'yes' if cfg.get('comparable_to_paper', True) else 'no'}**; "
+        f"- Run `{cfg.get('run_name', '?')}`; comparable to the paper: "
+        f"**{'yes' if cfg.get('comparable_to_paper', True) else 'no'}**; "
         f"data: {data.get('source', '?')}; models: {', '.join(cfg.get('models', []))}; seeds: "
         f"{', '.join(map(str, cfg.get('seeds', [])))}.",
         "- Protocols (training set -> test sets): " + "; ".join(
-            f"{name}: {spec['train']} -> {', '.join(spec['test'])}" for name, spec in cfg.get("protocols", {}).items()) + ".",
+            f"{name}: {spec['train']} -> {', '.join(spec['test'])}"
+            for name, spec in cfg.get("protocols", {}).items()) + ".",
         f"- Input {cfg.get('image_size', '?')}×{cfg.get('image_size', '?')}; {train.get('epochs', '?')} epochs, batch "
-        f"{train.get('batch_size', '?')}; AdamW lr {train.get('lr', '?')}, weight decay {train.get('weight_decay', '?')}; "
+        f"{train.get('batch_size', '?')}; AdamW lr {train.get('lr', '?')}, weight decay "
+        f"{train.get('weight_decay', '?')}; "
         f"CosineAnnealingLR(T_max={train.get('t_max', '?')}, eta_min={train.get('eta_min', '?')}) per epoch; "
         f"loss {train.get('bce_weight', '?')}·BCE + {train.get('dice_weight', '?')}·Dice; flips "
         f"{train.get('hflip', '?')}/{train.get('vflip', '?')}, rotation {train.get('rotate', '?')} "
@@ -93,7 +97,8 @@ def _environment_lines(results: Results) -> list[str]:
         values = sorted({str(m[key]) for m in results.manifests if key in m})
         if values:
             lines.append(f"- {label}: {', '.join(values)}.")
-    determinism = sorted({_inline(m["determinism"]) for m in results.manifests if isinstance(m.get("determinism"), dict)})
+    determinism = sorted({_inline(m["determinism"]) for m in results.manifests
+                          if isinstance(m.get("determinism"), dict)})
     if determinism:
         lines.append(f"- Determinism settings: {'; '.join(determinism)}.")
     versions: dict[str, set[str]] = {}
@@ -114,7 +119,8 @@ def _deviation_lines(cfg: dict | None) -> list[str]:
                 f"Why: {entry['reason']}")
         if entry.get("config"):
             value = _config_value(cfg, entry["config"])
-            line += f" Config: `{entry['config']}`" + (f" = `{_inline(value)}` in this run." if value is not None else ".")
+            this_run = f" = `{_inline(value)}` in this run." if value is not None else "."
+            line += f" Config: `{entry['config']}`{this_run}"
         lines.append(line)
     return lines
 

@@ -272,7 +272,8 @@ def complexity_table(ctx: Context) -> BuiltTable:
         if profile:
             devices.add(str(profile.get("device", "unknown device")))
             row["input_ours"] = Cell(f"(3, {profile.get('size', '?')}, {profile.get('size', '?')})")
-            values = {"params": _million(profile.get("params_paper")), "params_total": _million(profile["params_total"]),
+            values = {"params": _million(profile.get("params_paper")),
+                      "params_total": _million(profile["params_total"]),
                       "flops": _number(profile.get("macs_no_scan_g")), "flops_fvcore": _number(profile["flops_g"]),
                       "fps": _number(profile["fps"])}
         for metric, decimals, unit in (("params", 2, "M"), ("flops", 2, "G"), ("fps", 2, "1/s")):
@@ -404,7 +405,8 @@ def ablation_table(ctx: Context) -> BuiltTable:
         profile = ctx.results.profiles.get(variant) if variant else None
         if profile is None:
             continue
-        values = {"params_total": _million(profile["params_total"]), "params_paper": _million(profile.get("params_paper")),
+        values = {"params_total": _million(profile["params_total"]),
+                  "params_paper": _million(profile.get("params_paper")),
                   "flops": _number(profile.get("macs_no_scan_g")), "flops_fvcore": _number(profile["flops_g"]),
                   "fps": _number(profile["fps"])}
         complexity_rows.append({"depth": Cell(depth_label(depth)), "ds": Cell("TRUE" if ds else "FALSE"),
