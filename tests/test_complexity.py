@@ -1,0 +1,104 @@
+"""Parameter and FLOP counts: thop's rules on a hand-countable network, and the paper's Table 3 numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segbench.complexity import count_flops, count_parameters
+from segbench.registry import create_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI machine is shared; one thread is faster than two fighting
+    yield
+    torch.set_num_threads(previous)
+
+
+class _HoldsRawParameter(nn.Module):
+    """Like SS2D: a parameter of its own (thop misses it) beside a Linear (thop counts it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.proj = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.proj(x * self.scale)
+
+
+class _HandCounted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.composite = _HoldsRawParameter()
+        self.norm = nn.LayerNorm(6)
+        self.discarded = nn.Linear(6, 3)
+        self.deconv = nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.never_called = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        x = self.norm(self.composite(x.permute(0, 2, 3, 1)))
+        self.discarded(x)  # runs, result unused: thop counts it, a jit trace would drop it
+        y = F.interpolate(self.deconv(x.permute(0, 3, 1, 2)), scale_factor=2, mode="bilinear")
+        return y + self.pool(y)
+
+
+def test_thop_rules_on_a_hand_counted_network():
+    model = _HandCounted()
+    # input 1x3x8x8; per module: output elements x (in / groups) x kernel, or thop's norm/pool rule
+    expected_macs = (
+        4 * 64 * 3 * 9  # conv
+        + 4 * (4 * 64)  # batch norm: 2 per element, x2 for the affine
+        + 4 * (6 * 64)  # composite.proj: in_features x output elements
+        + 4 * (6 * 64)  # layer norm
+        + 6 * (3 * 64)  # discarded linear
+        + (2 * 16 * 16) * 6 * 16  # transposed conv: output elements x in_channels x kernel area
+        + (32 * 32 + 1) * 2  # adaptive avg pool to 1x1: (window + 1) per output element
+    )  # F.interpolate and the additions are functional: not counted
+    flops = count_flops(model, size=8)
+    assert flops["macs_no_scan_g"] * 1e9 == pytest.approx(expected_macs, abs=0.5)
+
+    counts = count_parameters(model, size=8)
+    leaf_params = 112 + 8 + 30 + 12 + 21 + 194  # conv, bn, composite.proj, norm, discarded, deconv
+    assert counts == {"total": leaf_params + 4 + 6, "paper": leaf_params}  # + raw scale, + never_called
+
+
+def test_counting_restores_training_mode():
+    model = _HandCounted().train()
+    count_flops(model, size=8)
+    count_parameters(model, size=8)
+    assert model.training and model.bn.training
+
+
+@pytest.mark.slow
+def test_unetv2_counts_match_the_official_model():
+    model = create_model("unetv2")
+    assert count_parameters(model) == {"total": 25_145_036, "paper": 25_128_652}  # deconv5 never runs
+    flops = count_flops(model, 256)
+    assert flops["macs_no_scan_g"] == pytest.approx(5.399307904, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_vmunetv2_counts_match_the_paper():
+    model = create_model("vmunetv2")
+    assert count_parameters(model) == {"total": 22_770_934, "paper": 17_907_958}
+    flops = count_flops(model, 256)
+    assert round(flops["macs_no_scan_g"], 2) == 4.40
+    assert flops["macs_no_scan_g"] == pytest.approx(4.400107808, abs=1e-9)
+    assert flops["flops_g"] == pytest.approx(7.814514008, abs=1e-9)  # fvcore, scan as 9*B*L*D*N + B*D*L
+
+
+@pytest.mark.slow
+def test_vmunet_class_defaults_count_as_the_vmunetv2_paper_table():
+    model = create_model("vmunet")
+    assert count_parameters(model) == {"total": 44_273_833, "paper": 34_621_609}
+    flops = count_flops(model, 256)
+    assert round(flops["macs_no_scan_g"], 2) == 7.56
+    assert flops["macs_no_scan_g"] == pytest.approx(7.562330112, abs=1e-9)
