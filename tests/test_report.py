@@ -304,7 +304,7 @@ def test_dvc_repro_builds_reports_then_does_nothing(tmp_path):
         pytest.fail("`segbench report` is not registered in segbench/cli.py (see segbench/report/__init__.py "
                     f"for the three-line hook-up): {hookup.stderr.strip()[-300:]}")
     repo = tmp_path / "repo"
-    for relative in ("dvc.yaml", ".dvcignore", "config/paper_results.csv", "reports/.gitignore"):
+    for relative in ("dvc.yaml", ".dvcignore", "config/paper_results.csv", "reports/.gitignore", "segbench/config.py"):
         (repo / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, repo / relative)
     shutil.copytree(ROOT / "segbench" / "report", repo / "segbench" / "report",
