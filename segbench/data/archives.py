@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import stat
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class ArchiveReader:
         self.files: dict[str, int] = {}
         self.links: list[str] = []
         self._members: dict[str, zipfile.ZipInfo | tarfile.TarInfo] = {}
+        self._lock = threading.Lock()
         self._zip: zipfile.ZipFile | None = None
         self._tar: tarfile.TarFile | None = None
         try:
@@ -129,13 +131,14 @@ class ArchiveReader:
     def read(self, name: str) -> bytes:
         if name not in self.files:
             raise KeyError(f"{self.path} has no member {name!r}")
-        if self._zip is not None:
-            # zipfile stops at the declared size and checks the CRC: a lying header cannot make us
-            # read more than the guard allowed.
-            with self._zip.open(self._members[name]) as handle:
+        # One reader at a time: a tar file has one file position. zipfile stops at the declared size
+        # and checks the CRC, so a lying header cannot make us read more than the guard allowed.
+        with self._lock:
+            if self._zip is not None:
+                with self._zip.open(self._members[name]) as handle:
+                    return handle.read()
+            with self._tar.extractfile(self._members[name]) as handle:
                 return handle.read()
-        with self._tar.extractfile(self._members[name]) as handle:
-            return handle.read()
 
     def close(self) -> None:
         for handle in (self._zip, self._tar):

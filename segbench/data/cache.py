@@ -11,7 +11,6 @@ of about one pixel; see docs/data.md).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,11 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 
 
 def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path, size: int,
-                out_path: str | Path, progress: bool = True) -> int:
+                out_path: str | Path, progress: bool = True, workers: int = 1) -> int:
     """Write the cache for every row of the split file (files verified against its hashes)."""
     from PIL import Image
-    from tqdm import tqdm
 
+    from segbench.data.parallel import ordered_map
     from segbench.data.splits import read_split
     from segbench.io import atomic_path, sha256_file
 
@@ -46,8 +45,8 @@ def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path,
         raise CacheError(f"{split_file} has no rows; re-run the split for {dataset}")
     images = np.empty((len(rows), size, size, 3), np.uint8)
     masks = np.empty((len(rows), size, size), np.uint8)
-    for index, row in enumerate(tqdm(rows, desc=f"cache {dataset} {size}px", unit="image",
-                                     disable=not progress, file=sys.stderr)):
+
+    def load_and_resize(row: dict) -> tuple[np.ndarray, np.ndarray]:
         pair = []
         for kind in ("image", "mask"):
             path = processed_dir / f"{kind}s" / f"{row['id']}.png"
@@ -58,7 +57,11 @@ def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path,
                 )
             with Image.open(path) as handle:
                 pair.append(np.asarray(handle.convert("RGB" if kind == "image" else "L")))
-        images[index], masks[index] = resize_pair(pair[0], pair[1], size)
+        return resize_pair(pair[0], pair[1], size)
+
+    resized = ordered_map(load_and_resize, rows, workers, f"cache {dataset} {size}px", progress)
+    for index, (image, mask) in enumerate(resized):
+        images[index], masks[index] = image, mask
     with atomic_path(out_path) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, ids=np.array([row["id"] for row in rows]), split=np.array([row["split"] for row in rows]),

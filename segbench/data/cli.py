@@ -57,7 +57,7 @@ def cmd_prepare(args) -> None:
         report = prepare_real(
             args.dataset, _root(args) / "raw", out, isic_split=args.isic_split,
             known_hashes=_hash_pairs(args.sha256), expected_count=args.expected_count,
-            max_uncompressed=args.max_uncompressed, progress=not args.no_progress,
+            max_uncompressed=args.max_uncompressed, progress=not args.no_progress, workers=args.workers,
         )
     print(f"{out}: {report['n_pairs']} pairs prepared ({len(report['warnings'])} warning(s))")
     for warning in report["warnings"]:
@@ -77,7 +77,8 @@ def cmd_cache(args) -> None:
 
     out = Path(args.out) if args.out else _root(args) / "cache" / f"{args.dataset}_{args.size}.npz"
     split_file = _root(args) / "splits" / f"{args.dataset}.csv"
-    count = build_cache(args.dataset, _processed(args), split_file, args.size, out, progress=not args.no_progress)
+    count = build_cache(args.dataset, _processed(args), split_file, args.size, out,
+                        progress=not args.no_progress, workers=args.workers)
     print(f"{out}: {count} images at {args.size}x{args.size}")
 
 
@@ -170,6 +171,7 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     prepare.add_argument("--sha256", action="append", metavar="ARCHIVE=HASH", help="known archive hash (repeatable)")
     prepare.add_argument("--expected-count", type=int, help="override the registry's pair count")
     prepare.add_argument("--max-uncompressed", type=int, help="zip bomb guard in bytes (default 64 GiB)")
+    prepare.add_argument("--workers", type=int, default=1, help="threads converting images")
     _add_synthetic(prepare)
     _add_common(prepare)
     prepare.set_defaults(handler=_guarded(cmd_prepare))
@@ -187,6 +189,7 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     cache.add_argument("dataset", choices=DATASET_NAMES)
     cache.add_argument("--size", type=int, required=True)
     cache.add_argument("--out", help="default ROOT/cache/DATASET_SIZE.npz")
+    cache.add_argument("--workers", type=int, default=1, help="threads decoding and resizing images")
     _add_common(cache)
     cache.set_defaults(handler=_guarded(cmd_cache))
 

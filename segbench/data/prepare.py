@@ -19,7 +19,6 @@ import os
 import posixpath
 import re
 import shutil
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from segbench.data import registry
+from segbench.data.parallel import ordered_map
 from segbench.io import write_json
 
 MAX_AMBIGUOUS_FRACTION = 0.05
@@ -206,10 +206,9 @@ def write_processed(
     report: dict,
     advice: str,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Check and convert ``pairs``, write the dataset folder atomically, return the integrity report."""
-    from tqdm import tqdm
-
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -224,16 +223,22 @@ def write_processed(
         (temporary / "masks").mkdir()
         problems, items = [], []
         conversions = collections.Counter()
-        for pair in tqdm(pairs, desc=f"prepare {dataset}", unit="image", disable=not progress, file=sys.stderr):
+
+        def convert_and_write(pair: Pair):
             try:
                 image, mask, record = _convert(pair)
             except _FileProblem as problem:
-                problems.append(str(problem))
-                continue
-            conversions.update(record["notes"])
+                return str(problem)
             Image.fromarray(image).save(temporary / "images" / f"{pair.id}.png", compress_level=PNG_COMPRESSION)
             Image.fromarray(mask).save(temporary / "masks" / f"{pair.id}.png", compress_level=PNG_COMPRESSION)
-            items.append(record)
+            return record
+
+        for result in ordered_map(convert_and_write, pairs, workers, f"prepare {dataset}", progress):
+            if isinstance(result, str):
+                problems.append(result)
+            else:
+                conversions.update(result["notes"])
+                items.append(result)
         if problems:
             raise _fail(dataset, problems, advice)
         report = _summarise(dataset, items, conversions, expected_count, report)
@@ -401,6 +406,7 @@ def prepare_real(
     expected_count: int | None = None,
     max_uncompressed: int | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Prepare ``dataset`` from its archives in ``raw_dir`` (verified against the known or locked hashes)."""
     from segbench.data.archives import DEFAULT_MAX_UNCOMPRESSED, ArchiveReader, ArchiveReadError, UnsafeArchiveError
@@ -432,7 +438,7 @@ def prepare_real(
             "ignored_files_examples": ignored[:20],
             "warnings": warnings,
         }
-        return write_processed(dataset, pairs, out_dir, expected, report, advice, progress)
+        return write_processed(dataset, pairs, out_dir, expected, report, advice, progress, workers)
     except BaseException:
         _discard(None, Path(out_dir))
         raise

@@ -119,25 +119,26 @@ PRANET_TEST = Archive(
 VMUNET_ISIC = Archive(
     "isic_vmunet.zip",
     drive_id="1XM10fmAXndVLtXWOt5G0puYSQyI2veWy",
-    approx_size="unknown (not published; ISIC 2017+2018 7:3 as PNG)",
+    approx_size="not published (ISIC 2017 and 2018, 7:3, PNG)",
     origin="VM-UNet README, ISIC 2017 and 2018 split 7:3 (isic2017/, isic2018/)",
 )
 
 
-def _isic(year: str, name: str, size: str) -> Archive:
-    return Archive(name, url=f"{ISIC_BASE_URL}/{year}/{name}", approx_size=size,
+def _isic(year: str, name: str) -> Archive:
+    size = "several GB" if ("Data" in name or "Input" in name) else "a few MB"
+    return Archive(name, url=f"{ISIC_BASE_URL}/{year}/{name}", approx_size=f"{size}, not recorded here",
                    origin=f"ISIC {year} challenge, official archive")
 
 
 ISIC_CHALLENGE = (
-    _isic("2017", "ISIC-2017_Training_Data.zip", "5.8 GB"),
-    _isic("2017", "ISIC-2017_Training_Part1_GroundTruth.zip", "9 MB"),
-    _isic("2017", "ISIC-2017_Validation_Data.zip", "0.9 GB"),
-    _isic("2017", "ISIC-2017_Validation_Part1_GroundTruth.zip", "0.4 MB"),
-    _isic("2018", "ISIC2018_Task1-2_Training_Input.zip", "10.4 GB"),
-    _isic("2018", "ISIC2018_Task1_Training_GroundTruth.zip", "26 MB"),
-    _isic("2018", "ISIC2018_Task1-2_Validation_Input.zip", "0.4 GB"),
-    _isic("2018", "ISIC2018_Task1_Validation_GroundTruth.zip", "1 MB"),
+    _isic("2017", "ISIC-2017_Training_Data.zip"),
+    _isic("2017", "ISIC-2017_Training_Part1_GroundTruth.zip"),
+    _isic("2017", "ISIC-2017_Validation_Data.zip"),
+    _isic("2017", "ISIC-2017_Validation_Part1_GroundTruth.zip"),
+    _isic("2018", "ISIC2018_Task1-2_Training_Input.zip"),
+    _isic("2018", "ISIC2018_Task1_Training_GroundTruth.zip"),
+    _isic("2018", "ISIC2018_Task1-2_Validation_Input.zip"),
+    _isic("2018", "ISIC2018_Task1_Validation_GroundTruth.zip"),
 )
 
 ARCHIVES: dict[str, Archive] = {a.name: a for a in (PRANET_TRAIN, PRANET_TEST, VMUNET_ISIC, *ISIC_CHALLENGE)}

@@ -40,12 +40,14 @@ rule prepare:
         "logs/data/prepare_{dataset}.log",
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
+    threads: 4
     resources:
         mem_mb=4000,
     conda:
         "../envs/segbench.yaml"
     shell:
-        "segbench data prepare {wildcards.dataset} --root {params.root} {params.options} 2>&1 | tee {log}"
+        "segbench data prepare {wildcards.dataset} --root {params.root} --workers {threads} {params.options}"
+        " 2>&1 | tee {log}"
 
 
 rule split:
@@ -80,12 +82,14 @@ rule cache:
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
         size=r"\d+",
+    threads: 4
     resources:
         mem_mb=8000,
     conda:
         "../envs/segbench.yaml"
     shell:
-        "segbench data cache {wildcards.dataset} --size {wildcards.size} --root {params.root} 2>&1 | tee {log}"
+        "segbench data cache {wildcards.dataset} --size {wildcards.size} --root {params.root} --workers {threads}"
+        " 2>&1 | tee {log}"
 
 
 rule data_all:
