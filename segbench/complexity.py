@@ -44,7 +44,7 @@ _IGNORED_OPS = (
     "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div", "aten::neg", "aten::exp",
     "aten::silu", "aten::sigmoid", "aten::relu", "aten::relu_", "aten::gelu", "aten::softmax", "aten::flip",
     "aten::mean", "aten::max", "aten::adaptive_max_pool2d", "aten::max_pool2d", "aten::ones_like",
-    "aten::scaled_dot_product_attention", "aten::repeat",
+    "aten::repeat",
 )
 
 
@@ -98,6 +98,13 @@ _THOP_HANDLES: dict[str, Callable] = {
     "aten::avg_pool2d": _thop_avg_pool,
     "aten::upsample_bilinear2d": _thop_upsample_bilinear,
 }
+
+
+def _fvcore_attention(inputs, outputs) -> int:
+    """Fused attention (timm's PVT uses it) as fvcore counts the explicit form upstream runs:
+    q @ k^T and attn @ v, one multiply-add per flop."""
+    query, key, value = (_shape(t) for t in inputs[:3])
+    return prod(query[:-1]) * key[-2] * (query[-1] + value[-1])
 
 
 def _combined_handle(fvcore_handle: Callable | None, thop_handle: Callable | None) -> Callable:
@@ -192,6 +199,7 @@ def _by_module_and_operator(model: nn.Module, inputs: torch.Tensor) -> dict[str,
     for kind in set(defaults) | set(_THOP_HANDLES):
         analysis.set_op_handle(kind, _combined_handle(defaults.get(kind), _THOP_HANDLES.get(kind)))
     analysis.set_op_handle(FVCORE_OP_NAME, _combined_handle(selective_scan_flop_jit, None))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _combined_handle(_fvcore_attention, None))
     analysis.set_op_handle(*[item for op in _IGNORED_OPS for item in (op, None)])
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return analysis.by_module_and_operator()

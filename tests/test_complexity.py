@@ -70,6 +70,24 @@ def test_thop_rules_on_a_hand_counted_network():
     assert counts == {"total": leaf_params + 4 + 6, "paper": leaf_params}  # + raw scale, + never_called
 
 
+class _FusedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)[:, None]  # (1, heads 1, 64 tokens, 3)
+        return F.scaled_dot_product_attention(tokens, tokens, tokens)
+
+
+def test_fused_attention_counts_as_its_two_matmuls_in_fvcore_flops():
+    flops = count_flops(_FusedAttention(), size=8)
+    conv = 64 * 3 * 3
+    attention = 64 * 64 * 3 + 64 * 64 * 3  # q @ k^T, then attn @ v
+    assert flops["flops_g"] * 1e9 == pytest.approx(conv + attention, abs=0.5)
+    assert flops["macs_no_scan_g"] * 1e9 == pytest.approx(conv, abs=0.5)  # thop never saw the functional op
+
+
 def test_counting_restores_training_mode():
     model = _HandCounted().train()
     count_flops(model, size=8)
