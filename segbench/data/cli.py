@@ -112,7 +112,7 @@ def cmd_sources(args) -> None:
     print()
     for archive in ARCHIVES.values():
         state = "present" if (raw / archive.name).exists() else "missing"
-        print(f"{raw / archive.name} [{state}] <- {archive.manual_url} (about {archive.approx_size})")
+        print(f"{raw / archive.name} [{state}] <- {archive.manual_url} (size: {archive.approx_size})")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ class DownloadError(RuntimeError):
 def manual_hint(name: str, raw_dir: Path) -> str:
     archive = get_archive(name)
     return (
-        f"To place it by hand: download {archive.manual_url} ({archive.origin}; about {archive.approx_size}) "
+        f"To place it by hand: download {archive.manual_url} ({archive.origin}; size: {archive.approx_size}) "
         f"and save it as {raw_dir / name} (exactly this name), then rerun. Or set {MIRROR_VARIABLE} to a "
         f"folder/URL that serves {name}, or data.urls.{name} in the config."
     )

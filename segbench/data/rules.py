@@ -2,10 +2,9 @@
 so the rules stay declarations and the logic is importable and testable)."""
 from __future__ import annotations
 
-import json
 import shlex
 
-from segbench.data.registry import archives_for
+from segbench.data.registry import archives_for, get_dataset
 
 
 def option(flag: str, value) -> str:
@@ -27,6 +26,7 @@ def download_options(config: dict, archive: str) -> str:
 
 
 def prepare_options(config: dict, dataset: str) -> str:
+    """Everything a prepared folder depends on in the config; as a param, a change reruns preparation."""
     data = config["data"]
     if data["source"] == "synthetic":
         synthetic = data["synthetic"]
@@ -37,16 +37,10 @@ def prepare_options(config: dict, dataset: str) -> str:
     names = archives_for(dataset, data["isic_split"])
     return " ".join(filter(None, [
         "--source real",
-        option("--isic-split", data["isic_split"]),
+        option("--isic-split", data["isic_split"]) if get_dataset(dataset).kind == "isic" else "",
         option("--expected-count", data.get("expected_counts", {}).get(dataset)),
         *(option("--sha256", f"{name}={data['sha256'][name]}") for name in names if name in data["sha256"]),
     ]))
-
-
-def prepare_spec(config: dict) -> str:
-    """What a prepared folder depends on in the config, as a params string: a change reruns preparation."""
-    keys = ("source", "isic_split", "synthetic", "sha256", "expected_counts")
-    return json.dumps({key: config["data"].get(key) for key in keys}, sort_keys=True)
 
 
 def user_split(config: dict, dataset: str) -> list[str]:

@@ -35,7 +35,6 @@ rule prepare:
     params:
         root=lambda wc, output: data_rules.root_of(output[0], 2),
         options=lambda wc: data_rules.prepare_options(config, wc.dataset),
-        spec=data_rules.prepare_spec(config),
     log:
         "logs/data/prepare_{dataset}.log",
     wildcard_constraints:
