@@ -175,7 +175,9 @@ def training_curves(results: Results, out_dir: Path) -> FigureEntry | None:
                 per_epoch = [log.groupby("epoch")[column].last() for log in logs]
                 stacked = np.vstack([series.reindex(per_epoch[0].index).to_numpy() for series in per_epoch])
                 mean = np.nanmean(stacked, axis=0) if not np.all(np.isnan(stacked)) else stacked[0]
-                axis.plot(per_epoch[0].index, mean, color=colours(index % 10), label=model_label(model), linewidth=1)
+                few = len(mean) <= 30  # markers keep short runs (one epoch: one point) visible
+                axis.plot(per_epoch[0].index, mean, color=colours(index % 10), label=model_label(model), linewidth=1,
+                          marker="o" if few else None, markersize=2)
                 if len(logs) > 1:
                     spread = np.nanstd(stacked, axis=0, ddof=1)
                     axis.fill_between(per_epoch[0].index, mean - spread, mean + spread, color=colours(index % 10),
