@@ -18,8 +18,8 @@ if not workflow.config_settings.configfiles:
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/profile.smk"

@@ -9,7 +9,6 @@ check_references(config, "--configfile")
 RESULTS = "results"
 RUN_CONFIG = f"{RESULTS}/run_config.yaml"
 RUN_DIR = RESULTS + "/{protocol}/{variant}/seed{seed}"
-DATA_ROOT = config["data"]["root"]
 RUNS = planned_runs(config)
 
 
@@ -36,7 +35,7 @@ def write_run_config():
 
 
 def cache_file(dataset):
-    return f"{DATA_ROOT}/cache/{dataset}_{config['image_size']}.npz"
+    return f"{DATA_DIR}/cache/{dataset}_{config['image_size']}.npz"
 
 
 def gpus_for(device):

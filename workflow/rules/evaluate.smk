@@ -3,7 +3,7 @@ rule evaluate:
         model=f"{RUN_DIR}/model.pt",
         manifest=f"{RUN_DIR}/manifest.json",
         data=lambda wc: cache_file(wc.test_set),
-        prepared=f"{DATA_ROOT}/processed/{{test_set}}/integrity.json",
+        prepared=f"{DATA_DIR}/processed/{{test_set}}/integrity.json",
     output:
         metrics=f"{RUN_DIR}/eval/{{test_set}}/metrics.json",
         per_image=f"{RUN_DIR}/eval/{{test_set}}/per_image.csv",
