@@ -83,6 +83,27 @@ def _profile(args) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
+def _fetch_weights(args) -> None:
+    """Download a model card's pretrained file (pooch: retries, progress, temp name then rename)."""
+    import pooch
+
+    from segbench.registry import get_card
+
+    source = get_card(args.model).pretrained
+    if not source:
+        raise ValueError(f"model {args.model!r} has no pretrained weights in its card")
+    out = Path(args.out)
+    if out.name != source["filename"]:
+        raise ValueError(f"{out} should be named {source['filename']} (the file {source['url']} serves)")
+    try:
+        pooch.retrieve(source["url"], known_hash=source["sha256"] and f"sha256:{source['sha256']}",
+                       fname=out.name, path=out.parent, progressbar=True)
+    except Exception as error:
+        raise FileNotFoundError(
+            f"could not download {source['url']} ({error}); download it by hand and save it as {out}"
+        ) from None
+
+
 def _models(args) -> None:
     from segbench.registry import get_card, list_models, model_import_errors
 
@@ -128,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--device", default="auto")
     profile.add_argument("--out")
     profile.set_defaults(handler=_profile)
+
+    fetch = commands.add_parser("fetch-weights", help="download a model's pretrained weights (URL in its card)")
+    fetch.add_argument("model")
+    fetch.add_argument("--out", required=True)
+    fetch.set_defaults(handler=_fetch_weights)
 
     models = commands.add_parser("models", help="list registered models")
     models.set_defaults(handler=_models)

@@ -1,5 +1,6 @@
 # Shared helpers: the run grid, file names and per-job resources, all derived from the config.
 import json
+import os
 
 from segbench.config import check_references, planned_runs, variant_spec
 from segbench.io import atomic_write
@@ -49,6 +50,20 @@ def job_spec(*sections, variant=None):
     if variant is not None:
         spec["variant"] = variant_spec(config, variant)
     return json.dumps(spec, sort_keys=True)
+
+
+def pretrained_file(variant):
+    """The pretrained file a variant's training reads, as an input (ancient: a restored copy is not news)."""
+    path = config["pretrained"].get(variant_spec(config, variant)[0])
+    return [ancient(path)] if path else []
+
+
+def model_with_weights(filename):
+    """The model whose card names ``filename`` as its pretrained file (download_weights)."""
+    for model, path in config["pretrained"].items():
+        if os.path.basename(path) == filename:
+            return model
+    raise ValueError(f"no model in config 'pretrained' uses weights/{filename}")
 
 
 def eval_targets(runs):

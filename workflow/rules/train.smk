@@ -1,6 +1,7 @@
 rule train:
     input:
         data=lambda wc: cache_file(config["protocols"][wc.protocol]["train"]),
+        weights=lambda wc: pretrained_file(wc.variant),
     output:
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train_log.csv",
@@ -20,3 +21,17 @@ rule train:
     shell:
         "segbench train --config {RUN_CONFIG} --protocol {wildcards.protocol} --variant {wildcards.variant}"
         " --seed {wildcards.seed} --out {params.run_dir} > {log} 2>&1"
+
+
+rule download_weights:
+    output:
+        "weights/{filename}",
+    params:
+        model=lambda wc: model_with_weights(wc.filename),
+    log:
+        "logs/weights/{filename}.log",
+    localrule: True
+    conda:
+        "../envs/segbench.yaml"
+    shell:
+        "segbench fetch-weights {params.model} --out {output} > {log} 2>&1"
