@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import yaml
 
 from conftest import TINY_CONFIG, tool_env
 
+SEGBENCH = str(Path(sys.executable).parent / "segbench")
 TRAIN_SET = "polyp_train"
 TEST_SET = "kvasir"
 SETTINGS_SECTIONS = ("data", "train", "evaluate", "profile", "report")
@@ -30,8 +32,18 @@ def partial_files(root: Path) -> list[str]:
 
 def segbench(*args, cwd: Path, timeout: float = 300, preexec_fn=None, **env) -> subprocess.CompletedProcess:
     """The real ``segbench`` command of the venv, run in ``cwd`` with ``env`` added to the environment."""
-    return subprocess.run([str(Path(sys.executable).parent / "segbench"), *map(str, args)], cwd=cwd,
+    return subprocess.run([SEGBENCH, *map(str, args)], cwd=cwd,
                           env=tool_env(**env), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def limit_file_size(limit: int):
+    """A preexec_fn that makes every write past ``limit`` bytes of a file fail with EFBIG, as a full disk
+    would (SIGXFSZ ignored so the write returns the error instead of killing the process)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
 
 
 def snakemake_command(configfile: Path, *args, cores: int = 1) -> list[str]:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import random
-import resource
 import shutil
 import signal
 import time
@@ -19,7 +18,7 @@ from segbench.data import load_cache
 
 from conftest import run_tool
 
-from .helpers import (FAULT_SEED, TRAIN_SET, kill_group, partial_files, segbench, snakemake_command, start,
+from .helpers import (FAULT_SEED, TRAIN_SET, kill_group, limit_file_size, partial_files, segbench, snakemake_command, start,
                       tiny_config, train_args, train_config, wait_until, write_yaml)
 
 GOES_NAN = '''
@@ -69,31 +68,36 @@ def log_without_timing(path) -> list[dict]:
 )
 def test_sigkill_mid_training_then_rerun_incomplete_gives_identical_results(project_copy):
     rng = random.Random(FAULT_SEED)
-    config = write_yaml(project_copy / "tiny.yaml", tiny_config(train={"epochs": 6}))
+    epochs = 16
+    config = write_yaml(project_copy / "tiny.yaml", tiny_config(train={"epochs": epochs, "batch_size": 2}))
     target = "results/polyp/unet/seed0/eval/kvasir/metrics.json"
     run_dir = project_copy / "results/polyp/unet/seed0"
     metrics = project_copy / target
+    train_log = project_copy / "logs/train/polyp/unet/seed0.log"
 
     run_tool(snakemake_command(config, target), project_copy)
     reference = {"model": sha256(run_dir / "model.pt"), "log": log_without_timing(run_dir / "train_log.csv"),
                  "metrics": json.loads(metrics.read_text())}
     shutil.rmtree(project_copy / "results" / "polyp")
+    train_log.unlink()
 
+    # A random moment: a random delay after a random epoch ended, so the kill lands mid-epoch or mid-save.
+    after_epoch, delay = rng.randint(1, epochs // 3), rng.uniform(0.0, 0.25)
     process = start(snakemake_command(config, target), project_copy, project_copy / "killed.log")
-    wait_until(lambda: (run_dir / "checkpoints" / "last.pt.sha256").exists(), process, what="the first checkpoint")
-    delay = rng.uniform(0.0, 1.5)
+    wait_until(lambda: train_log.exists() and f"epoch {after_epoch}:" in train_log.read_text(), process,
+               what=f"epoch {after_epoch} of the training")
     time.sleep(delay)
     kill_group(process, signal.SIGKILL)
-    assert not (run_dir / "model.pt").exists(), f"training finished within {delay:.2f} s; raise train.epochs"
+    assert not (run_dir / "model.pt").exists(), f"training finished within {delay:.2f} s; raise epochs"
     killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
+    assert killed_at < epochs
 
     locked = run_tool(snakemake_command(config, target), project_copy, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     run_tool(snakemake_command(config, "--unlock"), project_copy)
     rerun = run_tool(snakemake_command(config, target, "--rerun-incomplete"), project_copy)
 
-    train_log = (project_copy / "logs/train/polyp/unet/seed0.log").read_text()
-    assert f"after epoch {killed_at}" in train_log, train_log[-2000:]
+    assert f"after epoch {killed_at}" in train_log.read_text(), train_log.read_text()[-2000:]
     assert sha256(run_dir / "model.pt") == reference["model"], rerun.stderr[-2000:]
     assert log_without_timing(run_dir / "train_log.csv") == reference["log"]
     assert json.loads(metrics.read_text()) == reference["metrics"]
@@ -128,14 +132,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert partial_files(out) == []
 
 
-def _limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 @pytest.mark.fault(
     "the disk fills up while a checkpoint is saved (RLIMIT_FSIZE: writes fail with EFBIG)",
     expected="`segbench train` exits 2 naming the checkpoint and the OS error; the previous checkpoint stays "
@@ -151,7 +147,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, data_roo
     saved = checkpoint.read_bytes()
     longer = train_config(tmp_path / "three.yaml", data_root, train={"epochs": 3})
 
-    full = segbench(*train_args(longer, run), cwd=tmp_path, preexec_fn=_limit_file_size(len(saved) // 2))
+    full = segbench(*train_args(longer, run), cwd=tmp_path, preexec_fn=limit_file_size(len(saved) // 2))
 
     assert full.returncode == 2, full.stderr[-3000:]
     assert "Traceback" not in full.stderr, full.stderr[-3000:]
