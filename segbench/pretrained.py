@@ -135,12 +135,6 @@ def _pvt_feature_names(source: dict[str, torch.Tensor]) -> dict[str, str]:
     return {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", new): old for new, old in timm_names.items()}
 
 
-def _load(target: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    result = target.load_state_dict(tensors, strict=False)
-    if result.unexpected_keys:  # _matching only keeps known names; this guards that invariant
-        raise RuntimeError(f"unexpected keys while loading pretrained weights: {result.unexpected_keys[:5]}")
-
-
 def load_pretrained(model: nn.Module, model_name: str, path: str | Path) -> dict[str, int]:
     """Load the encoder weights in ``path`` into ``model`` (built by ``create_model(model_name)``).
 
@@ -179,7 +173,7 @@ def load_pretrained(model: nn.Module, model_name: str, path: str | Path) -> dict
             f"(file has e.g. {list(source)[:5]}, the model expects e.g. {expected}); is it the right file "
             f"({'VMamba v0 small, vssmsmall_dp03_ckpt_epoch_238.pth' if model_name != 'unetv2' else 'pvt_v2_b2.pth'})?"
         )
-    _load(target, loaded)
+    target.load_state_dict(loaded, strict=False)  # names and shapes were checked above
     counts.update(
         loaded=len(loaded),
         missing=len(set(target.state_dict()) - set(loaded)),

@@ -154,6 +154,17 @@ def test_ss2d_scans_in_float32_under_autocast():
     assert scanned.dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", ["vmunetv2", "vmunet"])
+def test_bfloat16_runs_with_and_without_autocast(name):
+    model = _tiny(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(1, 3, 64, 64) * 255)
+    out.float().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    half = model.to(torch.bfloat16)(torch.rand(1, 3, 64, 64, dtype=torch.bfloat16) * 255)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()
+
+
 def _direct_ss2d(layer: SS2D, x: torch.Tensor) -> torch.Tensor:
     """SS2D written the long way: each direction visits the pixels in an explicit order, runs its
     own recurrence with its own parameters, and writes back to the pixels it came from."""

@@ -189,6 +189,8 @@ class SS2D(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
         y = self._scan_all_directions(x).transpose(1, 2).reshape(batch, height, width, -1)
+        if not torch.is_autocast_enabled(x.device.type):
+            y = y.to(x.dtype)  # a half-precision model without autocast; under autocast the norm runs in fp32 as upstream
         return self.out_proj(self.out_norm(y) * F.silu(z))
 
 
