@@ -9,7 +9,7 @@ check_references(config, "--configfile")
 
 RESULTS = "results"
 RUN_CONFIG = f"{RESULTS}/run_config.yaml"
-RUN_DIR = RESULTS + "/{protocol}/{variant}/seed{seed}"
+RUN_DIR = f"{RESULTS}/{{protocol}}/{{variant}}/seed{{seed}}"
 RUNS = planned_runs(config)
 
 

@@ -9,9 +9,10 @@ rule evaluate:
         per_image=f"{RUN_DIR}/eval/{{test_set}}/per_image.csv",
         predictions=f"{RUN_DIR}/eval/{{test_set}}/predictions.npz",
     params:
+        run_config=RUN_CONFIG,
         spec=lambda wc: job_spec("evaluate", "image_size"),
-        run_dir=RUN_DIR,
-        out_dir=f"{RUN_DIR}/eval/{{test_set}}",
+        run_dir=lambda wc, input: os.path.dirname(input.model),
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
     log:
         "logs/evaluate/{protocol}/{variant}/seed{seed}/{test_set}.log",
     threads: config["train"]["num_threads"] or 4
@@ -22,5 +23,5 @@ rule evaluate:
     conda:
         "../envs/segbench.yaml"
     shell:
-        "segbench evaluate --config {RUN_CONFIG} --run {params.run_dir} --test-set {wildcards.test_set}"
+        "segbench evaluate --config {params.run_config} --run {params.run_dir} --test-set {wildcards.test_set}"
         " --out {params.out_dir} > {log} 2>&1"

@@ -2,6 +2,7 @@ rule profile:
     output:
         f"{RESULTS}/profile/{{variant}}.json",
     params:
+        run_config=RUN_CONFIG,
         spec=lambda wc: job_spec("profile", "scan_backend", variant=wc.variant),
     log:
         "logs/profile/{variant}.log",
@@ -13,4 +14,4 @@ rule profile:
     conda:
         "../envs/segbench.yaml"
     shell:
-        "segbench profile --config {RUN_CONFIG} --variant {wildcards.variant} --out {output} > {log} 2>&1"
+        "segbench profile --config {params.run_config} --variant {wildcards.variant} --out {output} > {log} 2>&1"

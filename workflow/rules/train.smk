@@ -7,8 +7,9 @@ rule train:
         log=f"{RUN_DIR}/train_log.csv",
         manifest=f"{RUN_DIR}/manifest.json",
     params:
+        run_config=RUN_CONFIG,
         spec=lambda wc: job_spec("train", "data", "image_size", "scan_backend", "pretrained", variant=wc.variant),
-        run_dir=RUN_DIR,
+        run_dir=lambda wc, output: os.path.dirname(output.model),
     log:
         "logs/train/{protocol}/{variant}/seed{seed}.log",
     threads: config["train"]["num_threads"] or 4
@@ -19,7 +20,7 @@ rule train:
     conda:
         "../envs/segbench.yaml"
     shell:
-        "segbench train --config {RUN_CONFIG} --protocol {wildcards.protocol} --variant {wildcards.variant}"
+        "segbench train --config {params.run_config} --protocol {wildcards.protocol} --variant {wildcards.variant}"
         " --seed {wildcards.seed} --out {params.run_dir} > {log} 2>&1"
 
 
