@@ -126,13 +126,12 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The compiled CPU kernel of the torch backend.
-#
-# core forward:  x_t = exp(dt_t A) x_{t-1} + dt_t u_t B_t;  y_t = <C_t, x_t>
-# core backward: lam_t = gy_t C_t + exp(dt_{t+1} A) lam_{t+1}  (+ grad of the last state at t=l-1)
+# The compiled CPU kernel of the torch backend: the whole scan (delta bias and softplus, D skip,
+# z gate) fused per (batch, channel) row, so no (b, d, l) temporaries are made in PyTorch.
 # B and C arrive transposed to (b, g, l, n) so the state index is the contiguous inner loop.
-# Rows are (batch, channel) pairs; a call handles rows [row_begin, row_end). gB/gC are summed over
-# the channels of a group, so every concurrent call gets its own gB/gC buffer.
+# A call handles rows [row_begin, row_end). gB/gC are summed over the channels of a group, so
+# every concurrent call gets its own gB/gC buffer; per-channel gradients (A, D, delta_bias) come
+# out per row and are summed over the batch in PyTorch.
 
 _KERNEL_SOURCE = r"""
 #include <cmath>
@@ -141,110 +140,191 @@ _KERNEL_SOURCE = r"""
 #include <vector>
 
 #ifdef SEGBENCH_LIBMVEC
-// glibc's libmvec has vector exp; declaring it lets the compiler vectorise the state loop
+// glibc's libmvec has vector exp/log; declaring them lets the compiler vectorise the loops
 // without -ffast-math (which would also flush denormals process-wide).
 extern "C" {
 __attribute__((simd("notinbranch"))) float expf(float) noexcept;
 __attribute__((simd("notinbranch"))) double exp(double) noexcept;
+__attribute__((simd("notinbranch"))) float logf(float) noexcept;
+__attribute__((simd("notinbranch"))) double log(double) noexcept;
 }
 #endif
+
+// Loops over the state index must stay loops: with n = 16 known at compile time, GCC unrolls
+// them completely before vectorising and then calls the scalar exp 16 times.
+#define STATE_LOOP _Pragma("GCC unroll 1") for
 
 namespace {
 
 inline float exp_(float v) { return expf(v); }
 inline double exp_(double v) { return exp(v); }
+inline float log_(float v) { return logf(v); }
+inline double log_(double v) { return log(v); }
 
 struct Shape { int64_t dim, groups, n, l; };
 
+struct Inputs {
+  const void *u, *delta, *A, *Bt, *Ct, *D, *z, *bias;
+  int64_t softplus;
+};
+
+// dt = softplus(delta + bias) with torch's threshold 20; d_soft = d dt / d (delta + bias).
+// log1p(e) is computed as log(w) * e / (w - 1), w = 1 + e (exact to a few ulp, vectorisable).
+template <typename T>
+void step_sizes(const T* __restrict__ delta, T bias, bool softplus, int64_t l, T* __restrict__ dt,
+                T* __restrict__ d_soft) {
+  if (!softplus) {
+    for (int64_t t = 0; t < l; ++t) dt[t] = delta[t] + bias;
+    return;
+  }
+  for (int64_t t = 0; t < l; ++t) {
+    const T v = delta[t] + bias, e = exp_(v), w = T(1) + e;
+    const T log1p_e = (w == T(1)) ? e : log_(w) * (e / (w - T(1)));
+    dt[t] = v > T(20) ? v : log1p_e;
+    if (d_soft) d_soft[t] = v > T(20) ? T(1) : e / w;
+  }
+}
+
 template <typename T, int NS>
-void forward_rows(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, Shape s,
-                  int64_t row_begin, int64_t row_end, T* y, T* last_state) {
+void forward_rows(const Inputs& in, Shape s, int64_t row_begin, int64_t row_end,
+                  T* __restrict__ out, T* __restrict__ y_pre, T* __restrict__ last_state) {
   const int64_t n = NS ? NS : s.n;
   const int64_t l = s.l, per_group = s.dim / s.groups;
-  std::vector<T> x(n);
+  const T *u = (const T*)in.u, *delta = (const T*)in.delta, *A = (const T*)in.A;
+  const T *Bt = (const T*)in.Bt, *Ct = (const T*)in.Ct, *D = (const T*)in.D, *z = (const T*)in.z;
+  const T* bias = (const T*)in.bias;
+  std::vector<T> x(n), dt_buffer(l);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t b = r / s.dim, d = r % s.dim, g = d / per_group;
-    const T* Ar = A + d * n;
-    const T* Bg = Bt + (b * s.groups + g) * l * n;
-    const T* Cg = Ct + (b * s.groups + g) * l * n;
-    const T* ur = u + r * l;
-    const T* dtr = dt + r * l;
-    T* yr = y + r * l;
-    T* xs = x.data();
+    const T* __restrict__ Ar = A + d * n;
+    const T* __restrict__ Bg = Bt + (b * s.groups + g) * l * n;
+    const T* __restrict__ Cg = Ct + (b * s.groups + g) * l * n;
+    const T* __restrict__ ur = u + r * l;
+    T* __restrict__ dt = dt_buffer.data();
+    T* __restrict__ yr = out + r * l;
+    T* __restrict__ xs = x.data();
+    step_sizes<T>(delta + r * l, bias ? bias[d] : T(0), in.softplus, l, dt, nullptr);
     std::memset(xs, 0, sizeof(T) * n);
     for (int64_t t = 0; t < l; ++t) {
-      const T step = dtr[t], drive = step * ur[t];
-      const T* Bp = Bg + t * n;
-      const T* Cp = Cg + t * n;
+      const T step = dt[t], drive = step * ur[t];
+      const T* __restrict__ Bp = Bg + t * n;
+      const T* __restrict__ Cp = Cg + t * n;
       T acc = 0;
-      for (int64_t k = 0; k < n; ++k) {
+      STATE_LOOP (int64_t k = 0; k < n; ++k) {
         xs[k] = exp_(step * Ar[k]) * xs[k] + drive * Bp[k];
         acc += Cp[k] * xs[k];
       }
       yr[t] = acc;
     }
     std::memcpy(last_state + r * n, xs, sizeof(T) * n);
+    const T skip = D ? D[d] : T(0);
+    for (int64_t t = 0; t < l; ++t) yr[t] += skip * ur[t];
+    if (z) {
+      const T* __restrict__ zr = z + r * l;
+      T* __restrict__ yp = y_pre + r * l;
+      for (int64_t t = 0; t < l; ++t) {
+        yp[t] = yr[t];
+        yr[t] = yr[t] * zr[t] / (T(1) + exp_(-zr[t]));
+      }
+    }
   }
 }
 
+// A separate function so that the restrict qualifiers tell the compiler the two state rows
+// never overlap; written inline, the loop was versioned and mostly ran with scalar exp.
 template <typename T, int NS>
-void backward_rows(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, const T* gy,
-                   const T* glast, Shape s, int64_t row_begin, int64_t row_end,
-                   T* gu, T* gdt, T* gA_rows, T* gBt, T* gCt) {
+inline void state_step(int64_t n_, T step, T drive, const T* __restrict__ Ar, const T* __restrict__ Bp,
+                       const T* __restrict__ previous, T* __restrict__ next) {
+  const int64_t n = NS ? NS : n_;
+  STATE_LOOP (int64_t k = 0; k < n; ++k) next[k] = exp_(step * Ar[k]) * previous[k] + drive * Bp[k];
+}
+
+// Per row: recompute the states forward (stored), then run the adjoint backward in time:
+// lam_t = gy_t C_t + exp(dt_{t+1} A) lam_{t+1}, starting from the gradient of the last state.
+template <typename T, int NS>
+void backward_rows(const Inputs& in, const T* __restrict__ y_pre, const T* __restrict__ grad_out,
+                   const T* __restrict__ grad_last, Shape s, int64_t row_begin, int64_t row_end,
+                   T* __restrict__ gu, T* __restrict__ gdelta, T* __restrict__ gz, T* __restrict__ gA_rows,
+                   T* __restrict__ gD_rows, T* __restrict__ gbias_rows, T* __restrict__ gBt,
+                   T* __restrict__ gCt) {
   const int64_t n = NS ? NS : s.n;
   const int64_t l = s.l, per_group = s.dim / s.groups;
-  std::vector<T> decay(l * n), states(l * n), lam(n);
+  constexpr int64_t flush_every = 64;  // gA sums in T for this many steps, then in double
+  const T *u = (const T*)in.u, *delta = (const T*)in.delta, *A = (const T*)in.A;
+  const T *Bt = (const T*)in.Bt, *Ct = (const T*)in.Ct, *D = (const T*)in.D, *z = (const T*)in.z;
+  const T* bias = (const T*)in.bias;
+  std::vector<T> states(l * n), lam(n), gA_block(n), dt_buffer(l), soft_buffer(l), gy_buffer(l);
   std::vector<double> gA(n);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t b = r / s.dim, d = r % s.dim, g = d / per_group;
-    const T* Ar = A + d * n;
+    const T* __restrict__ Ar = A + d * n;
     const int64_t group_offset = (b * s.groups + g) * l * n;
-    const T* Bg = Bt + group_offset;
-    const T* Cg = Ct + group_offset;
-    T* gBg = gBt + group_offset;
-    T* gCg = gCt + group_offset;
-    const T* ur = u + r * l;
-    const T* dtr = dt + r * l;
-    const T* gyr = gy + r * l;
-    T* x = states.data();
-    T* a = decay.data();
-    for (int64_t k = 0; k < n; ++k) {
-      a[k] = exp_(dtr[0] * Ar[k]);
-      x[k] = dtr[0] * ur[0] * Bg[k];
-    }
-    for (int64_t t = 1; t < l; ++t) {
-      const T step = dtr[t], drive = step * ur[t];
-      const T* Bp = Bg + t * n;
-      T* at = a + t * n;
-      T* xt = x + t * n;
-      const T* xp = xt - n;
-      for (int64_t k = 0; k < n; ++k) {
-        at[k] = exp_(step * Ar[k]);
-        xt[k] = at[k] * xp[k] + drive * Bp[k];
+    const T* __restrict__ Bg = Bt + group_offset;
+    const T* __restrict__ Cg = Ct + group_offset;
+    T* __restrict__ gBg = gBt + group_offset;
+    T* __restrict__ gCg = gCt + group_offset;
+    const T* __restrict__ ur = u + r * l;
+    const T* __restrict__ gout = grad_out + r * l;
+    T* __restrict__ dt = dt_buffer.data();
+    T* __restrict__ soft = soft_buffer.data();
+    T* __restrict__ gy = gy_buffer.data();
+    T* __restrict__ gur = gu + r * l;
+    T* __restrict__ gdr = gdelta + r * l;
+    step_sizes<T>(delta + r * l, bias ? bias[d] : T(0), in.softplus, l, dt, soft);
+
+    if (z) {
+      const T* __restrict__ zr = z + r * l;
+      const T* __restrict__ yp = y_pre + r * l;
+      T* __restrict__ gzr = gz + r * l;
+      for (int64_t t = 0; t < l; ++t) {
+        const T sig = T(1) / (T(1) + exp_(-zr[t]));
+        gy[t] = gout[t] * zr[t] * sig;
+        gzr[t] = gout[t] * yp[t] * sig * (T(1) + zr[t] * (T(1) - sig));
       }
+    } else {
+      std::memcpy(gy, gout, sizeof(T) * l);
     }
-    T* lm = lam.data();
-    for (int64_t k = 0; k < n; ++k) { lm[k] = glast ? glast[r * n + k] : T(0); gA[k] = 0; }
+    if (D) {
+      double gD = 0;
+      for (int64_t t = 0; t < l; ++t) gD += double(gy[t] * ur[t]);
+      gD_rows[r] = T(gD);
+    }
+    const T skip = D ? D[d] : T(0);
+
+    T* __restrict__ x = states.data();
+    for (int64_t k = 0; k < n; ++k) x[k] = dt[0] * ur[0] * Bg[k];
+    for (int64_t t = 1; t < l; ++t) {
+      state_step<T, NS>(n, dt[t], dt[t] * ur[t], Ar, Bg + t * n, x + (t - 1) * n, x + t * n);
+    }
+
+    T* __restrict__ lm = lam.data();
+    T* __restrict__ gAb = gA_block.data();
+    for (int64_t k = 0; k < n; ++k) {
+      lm[k] = grad_last ? grad_last[r * n + k] : T(0);
+      gA[k] = 0;
+      gAb[k] = 0;
+    }
+    double gbias = 0;
     for (int64_t t = l - 1; t >= 0; --t) {
-      const T grad = gyr[t], step = dtr[t], drive = step * ur[t];
-      const T* Bp = Bg + t * n;
-      const T* Cp = Cg + t * n;
-      const T* at = a + t * n;
-      const T* xt = x + t * n;
-      T* gBp = gBg + t * n;
-      T* gCp = gCg + t * n;
+      const T grad = gy[t], step = dt[t], drive = step * ur[t];
+      const T* __restrict__ Bp = Bg + t * n;
+      const T* __restrict__ Cp = Cg + t * n;
+      const T* __restrict__ xt = x + t * n;
+      T* __restrict__ gBp = gBg + t * n;
+      T* __restrict__ gCp = gCg + t * n;
       T sum_decay = 0, sum_drive = 0;
       if (t > 0) {
-        const T* xp = xt - n;
-        for (int64_t k = 0; k < n; ++k) {
+        const T* __restrict__ xp = xt - n;
+        STATE_LOOP (int64_t k = 0; k < n; ++k) {
+          const T decay = exp_(step * Ar[k]);
           const T lk = lm[k] + grad * Cp[k];
-          const T g_exponent = lk * xp[k] * at[k];  // d loss / d (dt_t * A_k)
+          const T g_exponent = lk * xp[k] * decay;  // d loss / d (dt_t * A_k)
           sum_decay += g_exponent * Ar[k];
-          gA[k] += double(g_exponent * step);
+          gAb[k] += g_exponent * step;
           sum_drive += lk * Bp[k];
           gBp[k] += lk * drive;
           gCp[k] += grad * xt[k];
-          lm[k] = lk * at[k];
+          lm[k] = lk * decay;
         }
       } else {
         for (int64_t k = 0; k < n; ++k) {
@@ -254,41 +334,45 @@ void backward_rows(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct
           gCp[k] += grad * xt[k];
         }
       }
-      gdt[r * l + t] = sum_decay + ur[t] * sum_drive;
-      gu[r * l + t] = step * sum_drive;
+      if (t % flush_every == 0) {
+        for (int64_t k = 0; k < n; ++k) { gA[k] += double(gAb[k]); gAb[k] = 0; }
+      }
+      const T g_step = sum_decay + ur[t] * sum_drive;
+      const T g_pre = in.softplus ? g_step * soft[t] : g_step;
+      gdr[t] = g_pre;
+      gbias += double(g_pre);
+      gur[t] = step * sum_drive + grad * skip;
     }
     for (int64_t k = 0; k < n; ++k) gA_rows[r * n + k] = T(gA[k]);
+    if (gbias_rows) gbias_rows[r] = T(gbias);
   }
-}
-
-template <typename T>
-void forward_dispatch(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, Shape s,
-                      int64_t r0, int64_t r1, T* y, T* last) {
-  if (s.n == 16) forward_rows<T, 16>(u, dt, A, Bt, Ct, s, r0, r1, y, last);
-  else forward_rows<T, 0>(u, dt, A, Bt, Ct, s, r0, r1, y, last);
-}
-
-template <typename T>
-void backward_dispatch(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, const T* gy,
-                       const T* glast, Shape s, int64_t r0, int64_t r1,
-                       T* gu, T* gdt, T* gA, T* gBt, T* gCt) {
-  if (s.n == 16) backward_rows<T, 16>(u, dt, A, Bt, Ct, gy, glast, s, r0, r1, gu, gdt, gA, gBt, gCt);
-  else backward_rows<T, 0>(u, dt, A, Bt, Ct, gy, glast, s, r0, r1, gu, gdt, gA, gBt, gCt);
 }
 
 }  // namespace
 
-#define SEGBENCH_EXPORT(T, suffix)                                                                 \
-  extern "C" void scan_forward_##suffix(const T* u, const T* dt, const T* A, const T* Bt,          \
-      const T* Ct, int64_t dim, int64_t groups, int64_t n, int64_t l, int64_t r0, int64_t r1,      \
-      T* y, T* last) {                                                                             \
-    forward_dispatch<T>(u, dt, A, Bt, Ct, Shape{dim, groups, n, l}, r0, r1, y, last);             \
-  }                                                                                                \
-  extern "C" void scan_backward_##suffix(const T* u, const T* dt, const T* A, const T* Bt,         \
-      const T* Ct, const T* gy, const T* glast, int64_t dim, int64_t groups, int64_t n, int64_t l, \
-      int64_t r0, int64_t r1, T* gu, T* gdt, T* gA, T* gBt, T* gCt) {                              \
-    backward_dispatch<T>(u, dt, A, Bt, Ct, gy, glast, Shape{dim, groups, n, l}, r0, r1,           \
-                         gu, gdt, gA, gBt, gCt);                                                   \
+#define SEGBENCH_EXPORT(T, suffix)                                                                  \
+  extern "C" void scan_forward_##suffix(                                                            \
+      const T* u, const T* delta, const T* A, const T* Bt, const T* Ct, const T* D, const T* z,     \
+      const T* bias, int64_t softplus, int64_t dim, int64_t groups, int64_t n, int64_t l,           \
+      int64_t r0, int64_t r1, T* out, T* y_pre, T* last_state) {                                    \
+    const Inputs in{u, delta, A, Bt, Ct, D, z, bias, softplus};                                     \
+    const Shape s{dim, groups, n, l};                                                               \
+    if (n == 16) forward_rows<T, 16>(in, s, r0, r1, out, y_pre, last_state);                        \
+    else forward_rows<T, 0>(in, s, r0, r1, out, y_pre, last_state);                                 \
+  }                                                                                                 \
+  extern "C" void scan_backward_##suffix(                                                           \
+      const T* u, const T* delta, const T* A, const T* Bt, const T* Ct, const T* D, const T* z,     \
+      const T* bias, const T* y_pre, const T* grad_out, const T* grad_last, int64_t softplus,       \
+      int64_t dim, int64_t groups, int64_t n, int64_t l, int64_t r0, int64_t r1, T* gu, T* gdelta,  \
+      T* gz, T* gA, T* gD, T* gbias, T* gBt, T* gCt) {                                              \
+    const Inputs in{u, delta, A, Bt, Ct, D, z, bias, softplus};                                     \
+    const Shape s{dim, groups, n, l};                                                               \
+    if (n == 16)                                                                                    \
+      backward_rows<T, 16>(in, y_pre, grad_out, grad_last, s, r0, r1, gu, gdelta, gz, gA, gD,       \
+                           gbias, gBt, gCt);                                                        \
+    else                                                                                            \
+      backward_rows<T, 0>(in, y_pre, grad_out, grad_last, s, r0, r1, gu, gdelta, gz, gA, gD, gbias, \
+                          gBt, gCt);                                                                \
   }
 
 SEGBENCH_EXPORT(float, f32)
@@ -298,7 +382,7 @@ SEGBENCH_EXPORT(double, f64)
 # No -ffast-math: it links crtfastmath, which turns on flush-to-zero for the whole process.
 # Reassociation alone lets the compiler vectorise the sums over the state index.
 _KERNEL_FLAGS = [
-    "-O3", "-march=native", "-fPIC", "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
+    "-O3", "-fPIC", "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
     "-fassociative-math", "-fno-signed-zeros",
 ]
 
@@ -319,10 +403,39 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
+def _build_library(compiler: str, version: str, flags: list[str], libs: list[str]) -> tuple[Path | None, str | None]:
+    """Compile the kernel with these flags into the cache unless it is there; (path, None) or (None, error)."""
+    key = hashlib.sha256("\n".join([_KERNEL_SOURCE, " ".join(flags + libs), version, _cpu_signature()]).encode()).hexdigest()[:16]
+    cache_dir = _kernel_cache_dir()
+    library = cache_dir / f"selective_scan_cpu_{key}.so"
+    if library.exists():
+        return library, None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir) as build_dir:
+            source = Path(build_dir) / "selective_scan_cpu.cpp"
+            source.write_text(_KERNEL_SOURCE)
+            objects = Path(build_dir) / "selective_scan_cpu.o"
+            partial = Path(build_dir) / library.name
+            # Compile and link separately so no math flag reaches the link step.
+            for command in (
+                [compiler, *flags, "-c", str(source), "-o", str(objects)],
+                [compiler, "-shared", str(objects), "-o", str(partial), *libs],
+            ):
+                result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+                if result.returncode != 0:
+                    return None, f"`{' '.join(command)}` failed:\n{result.stderr[-2000:]}"
+            os.replace(partial, library)  # atomic: concurrent builders just replace each other
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"building {library} failed: {error}"
+    return library, None
+
+
 @functools.lru_cache(maxsize=1)
 def _load_kernel():
     """Compile (once per source/compiler/CPU, cached on disk) and load the CPU kernel.
 
+    Tries the fastest build first (native instructions, glibc's vector math), then plainer ones.
     Returns (ctypes library, None) or (None, why not). Never raises: the chunked pure-PyTorch
     implementation is the fallback, announced with a warning.
     """
@@ -331,48 +444,34 @@ def _load_kernel():
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if not compiler:
         return None, "no C++ compiler found (install g++ or set CXX)"
-    use_libmvec = sys.platform.startswith("linux") and ctypes.util.find_library("mvec") is not None
-    flags = _KERNEL_FLAGS + (["-DSEGBENCH_LIBMVEC"] if use_libmvec else [])
-    libs = ["-lmvec", "-lm"] if use_libmvec else ["-lm"]
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as error:
         return None, f"C++ compiler {compiler!r} does not run: {error}"
-    key = hashlib.sha256("\n".join([_KERNEL_SOURCE, " ".join(flags + libs), version, _cpu_signature()]).encode()).hexdigest()[:16]
-    cache_dir = _kernel_cache_dir()
-    library = cache_dir / f"selective_scan_cpu_{key}.so"
-    if not library.exists():
+    variants = [(_KERNEL_FLAGS + ["-march=native"], ["-lm"]), (_KERNEL_FLAGS, ["-lm"])]
+    if sys.platform.startswith("linux") and ctypes.util.find_library("mvec"):
+        variants.insert(0, (_KERNEL_FLAGS + ["-march=native", "-DSEGBENCH_LIBMVEC"], ["-lmvec", "-lm"]))
+    failures = []
+    for flags, libs in variants:
+        library, error = _build_library(compiler, version, flags, libs)
+        if library is None:
+            failures.append(error)
+            continue
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir) as build_dir:
-                source = Path(build_dir) / "selective_scan_cpu.cpp"
-                source.write_text(_KERNEL_SOURCE)
-                objects = Path(build_dir) / "selective_scan_cpu.o"
-                partial = Path(build_dir) / library.name
-                # Compile and link separately so no math flag reaches the link step.
-                for command in (
-                    [compiler, *flags, "-c", str(source), "-o", str(objects)],
-                    [compiler, "-shared", str(objects), "-o", str(partial), *libs],
-                ):
-                    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-                    if result.returncode != 0:
-                        return None, f"`{' '.join(command)}` failed:\n{result.stderr[-2000:]}"
-                os.replace(partial, library)
-        except (OSError, subprocess.SubprocessError) as error:
-            return None, f"building {library} failed: {error}"
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError as error:
-        return None, f"loading {library} failed: {error}"
-    pointer, int64 = ctypes.c_void_p, ctypes.c_int64
-    for suffix in ("f32", "f64"):
-        forward = getattr(lib, f"scan_forward_{suffix}")
-        forward.argtypes = [pointer] * 5 + [int64] * 6 + [pointer] * 2
-        forward.restype = None
-        backward = getattr(lib, f"scan_backward_{suffix}")
-        backward.argtypes = [pointer] * 7 + [int64] * 6 + [pointer] * 5
-        backward.restype = None
-    return lib, None
+            lib = ctypes.CDLL(str(library))
+        except OSError as error:
+            failures.append(f"loading {library} failed: {error}")
+            continue
+        pointer, int64 = ctypes.c_void_p, ctypes.c_int64
+        for suffix in ("f32", "f64"):
+            forward = getattr(lib, f"scan_forward_{suffix}")
+            forward.argtypes = [pointer] * 8 + [int64] * 7 + [pointer] * 3
+            forward.restype = None
+            backward = getattr(lib, f"scan_backward_{suffix}")
+            backward.argtypes = [pointer] * 11 + [int64] * 7 + [pointer] * 8
+            backward.restype = None
+        return lib, None
+    return None, "\n".join(failures)
 
 
 def kernel_status() -> tuple[bool, str]:
@@ -446,54 +545,64 @@ def _pointer(tensor: torch.Tensor | None):
     return ctypes.c_void_p(tensor.data_ptr()) if tensor is not None else None
 
 
-def _kernel_forward(u, dt, A, B, C):
+def _kernel_forward(u, delta, A, B, C, D, z, bias, softplus):
+    """Returns out, last_state and the pre-gate output (kept for backward when z is given)."""
     lib, _ = _load_kernel()
     batch, dim, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     Bt, Ct = B.transpose(2, 3).contiguous(), C.transpose(2, 3).contiguous()
-    y = torch.empty_like(u)
+    out = torch.empty_like(u)
+    y_pre = torch.empty_like(u) if z is not None else None
     last_state = u.new_empty(batch, dim, n)
     forward = lib.scan_forward_f64 if u.dtype == torch.float64 else lib.scan_forward_f32
-    inputs = [_pointer(t) for t in (u, dt, A, Bt, Ct)]
-    outputs = [_pointer(y), _pointer(last_state)]
+    inputs = [_pointer(t) for t in (u, delta, A, Bt, Ct, D, z, bias)]
+    outputs = [_pointer(out), _pointer(y_pre), _pointer(last_state)]
     calls = [
-        functools.partial(forward, *inputs, dim, groups, n, length, begin, end, *outputs)
+        functools.partial(forward, *inputs, int(softplus), dim, groups, n, length, begin, end, *outputs)
         for begin, end in _row_ranges(batch * dim, 4 * torch.get_num_threads())
     ]
     _run_parallel(calls)
-    return y, last_state
+    return out, last_state, y_pre
 
 
-def _kernel_backward(u, dt, A, B, C, grad_y, grad_last_state):
+def _kernel_backward(u, delta, A, B, C, D, z, bias, softplus, y_pre, grad_out, grad_last_state):
+    """Returns the gradients of u, delta, A, B, C, D, z, bias (None for absent inputs)."""
     lib, _ = _load_kernel()
     batch, dim, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     Bt, Ct = B.transpose(2, 3).contiguous(), C.transpose(2, 3).contiguous()
     ranges = _row_ranges(batch * dim, torch.get_num_threads())
-    grad_u, grad_dt = torch.empty_like(u), torch.empty_like(u)
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
+    grad_z = torch.empty_like(u) if z is not None else None
     grad_A_rows = u.new_empty(batch, dim, n)
+    grad_D_rows = u.new_empty(batch, dim) if D is not None else None
+    grad_bias_rows = u.new_empty(batch, dim) if bias is not None else None
     grad_Bt = u.new_zeros(len(ranges), batch, groups, length, n)
     grad_Ct = u.new_zeros(len(ranges), batch, groups, length, n)
     backward = lib.scan_backward_f64 if u.dtype == torch.float64 else lib.scan_backward_f32
-    inputs = [_pointer(t) for t in (u, dt, A, Bt, Ct, grad_y, grad_last_state)]
+    inputs = [_pointer(t) for t in (u, delta, A, Bt, Ct, D, z, bias, y_pre, grad_out, grad_last_state)]
     calls = [
         functools.partial(
-            backward, *inputs, dim, groups, n, length, begin, end,
-            _pointer(grad_u), _pointer(grad_dt), _pointer(grad_A_rows), _pointer(grad_Bt[i]), _pointer(grad_Ct[i]),
+            backward, *inputs, int(softplus), dim, groups, n, length, begin, end,
+            *[_pointer(t) for t in (grad_u, grad_delta, grad_z, grad_A_rows, grad_D_rows, grad_bias_rows)],
+            _pointer(grad_Bt[i]), _pointer(grad_Ct[i]),
         )
         for i, (begin, end) in enumerate(ranges)
     ]
     _run_parallel(calls)
-    grad_B = grad_Bt.sum(0).transpose(2, 3)
-    grad_C = grad_Ct.sum(0).transpose(2, 3)
-    return grad_u, grad_dt, grad_A_rows.sum(0), grad_B, grad_C
+    sum_rows = lambda rows: rows.sum(0) if rows is not None else None  # noqa: E731
+    return (
+        grad_u, grad_delta, grad_A_rows.sum(0), grad_Bt.sum(0).transpose(2, 3), grad_Ct.sum(0).transpose(2, 3),
+        sum_rows(grad_D_rows), grad_z, sum_rows(grad_bias_rows),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The chunked pure-PyTorch implementation of the same core (forward and backward).
 #
 # Work tensors use the layout (T, b, channels, n, chunks): step j of every chunk is one
-# contiguous slice, so the in-chunk loop is T in-place multiply-adds on whole slices.
+# contiguous slice, so an in-chunk loop is T in-place multiply-adds on whole slices, and a loop
+# across chunks carries the states. Channels are processed in blocks to bound memory.
 
 _CHUNKED_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
@@ -503,11 +612,11 @@ def _chunk_length(length: int) -> int:
 
 
 def _to_chunks(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """(..., l) -> (T, ..., chunks) view, padding l with zeros to a multiple of T."""
+    """(..., l) -> contiguous (T, ..., chunks), zero-padding l to a multiple of T."""
     length = x.shape[-1]
     chunks = -(-length // steps)
     x = F.pad(x, (0, chunks * steps - length))
-    return x.unflatten(-1, (chunks, steps)).movedim(-1, 0)
+    return x.unflatten(-1, (chunks, steps)).movedim(-1, 0).contiguous()
 
 
 def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -515,37 +624,69 @@ def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.movedim(0, -1).flatten(-2)[..., :length]
 
 
-def _chunked_linear_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """h_t = decay_t * h_{t-1} + drive_t along the chunked layout (T, ..., chunks), h_{-1} = 0.
+def _across_chunks(chunk_start: torch.Tensor) -> torch.Tensor:
+    """(..., chunks) view -> contiguous (chunks, ...) for the sequential loop across chunks."""
+    return chunk_start.movedim(-1, 0).contiguous()
 
-    Overwrites ``drive`` with h and ``decay`` with the in-chunk cumulative decay.
+
+def _scan_chunks(decay: torch.Tensor, states: torch.Tensor):
+    """h_t = decay_t h_{t-1} + drive_t, h_{-1} = 0, in place on ``states`` (holding drive).
+
+    Returns the state entering each chunk (..., chunks), needed again by the backward pass.
     """
     steps = decay.shape[0]
+    cumulative = torch.empty_like(decay)  # decay product from the chunk start to step j
+    cumulative[0] = decay[0]
     for j in range(1, steps):
-        drive[j].addcmul_(decay[j], drive[j - 1])
-    decay.cumprod_(0)
-    chunk_decay = decay[-1].movedim(-1, 0).contiguous()
-    chunk_end = drive[-1].movedim(-1, 0).contiguous()
+        states[j].addcmul_(decay[j], states[j - 1])
+        torch.mul(cumulative[j - 1], decay[j], out=cumulative[j])
+    chunk_decay, chunk_end = _across_chunks(cumulative[-1]), _across_chunks(states[-1])
     carry = torch.zeros_like(chunk_end)
     for c in range(1, carry.shape[0]):
         torch.addcmul(chunk_end[c - 1], chunk_decay[c - 1], carry[c - 1], out=carry[c])
-    drive.addcmul_(decay, carry.movedim(0, -1))
-    return drive
+    carry = carry.movedim(0, -1)
+    states.addcmul_(cumulative, carry)
+    return carry
 
 
-def _chunked_block_inputs(u, dt, A, B, C, channels, steps):
-    """Chunked-layout decay, drive and C for one channel block."""
-    per_group = u.shape[1] // B.shape[1]
-    group_of = torch.arange(channels.start, channels.stop, device=u.device) // per_group
-    dt_c = _to_chunks(dt[:, channels], steps).unsqueeze(3)  # (T, b, c, 1, chunks)
-    drive_c = _to_chunks(dt[:, channels] * u[:, channels], steps).unsqueeze(3)
-    A_c = A[channels].unsqueeze(-1)  # (c, n, 1)
-    B_c = _to_chunks(B.index_select(1, group_of), steps)  # (T, b, c, n, chunks)
-    C_c = _to_chunks(C.index_select(1, group_of), steps)
-    shape = B_c.shape
-    decay = torch.mul(dt_c, A_c, out=u.new_empty(shape)).exp_()
-    drive = torch.mul(drive_c, B_c, out=u.new_empty(shape))
-    return decay, drive, dt_c, A_c, B_c, C_c, group_of
+def _reverse_scan_chunks(decay: torch.Tensor, adjoint: torch.Tensor) -> None:
+    """lam_t = adjoint_t + decay_{t+1} lam_{t+1}, lam_{l} = 0, in place on ``adjoint``."""
+    steps = decay.shape[0]
+    cumulative = torch.empty_like(decay)  # decay product from step j+1 to the chunk end
+    cumulative[-1] = 1
+    for j in range(steps - 2, -1, -1):
+        adjoint[j].addcmul_(decay[j + 1], adjoint[j + 1])
+        torch.mul(cumulative[j + 1], decay[j + 1], out=cumulative[j])
+    chunk_decay = _across_chunks(cumulative[0])
+    next_decay, chunk_start = _across_chunks(decay[0]), _across_chunks(adjoint[0])
+    carry = torch.zeros_like(chunk_start)  # decay_{start of next chunk} * lam_{start of next chunk}
+    for c in range(carry.shape[0] - 2, -1, -1):
+        carry[c] = next_decay[c + 1] * torch.addcmul(chunk_start[c + 1], chunk_decay[c + 1], carry[c + 1])
+    adjoint.addcmul_(cumulative, carry.movedim(0, -1))
+
+
+class _ChunkedInputs:
+    """Chunked-layout copies of the inputs, shared by all channel blocks of one call."""
+
+    def __init__(self, u, dt, A, B, C):
+        self.length = u.shape[-1]
+        self.steps = _chunk_length(self.length)
+        self.per_group = u.shape[1] // B.shape[1]
+        self.A = A
+        self.u, self.dt = _to_chunks(u, self.steps), _to_chunks(dt, self.steps)  # (T, b, d, chunks)
+        self.B, self.C = _to_chunks(B, self.steps), _to_chunks(C, self.steps)  # (T, b, g, n, chunks)
+
+    def block(self, channels: slice):
+        """decay, drive, B, C of one channel block as (T, b, c, n, chunks); group index per channel."""
+        group_of = torch.arange(channels.start, channels.stop, device=self.A.device) // self.per_group
+        dt = self.dt[:, :, channels].unsqueeze(3)
+        decay = (dt * self.A[channels].unsqueeze(-1)).exp_()
+        B, C = self.B.index_select(2, group_of), self.C.index_select(2, group_of)
+        drive = (dt * self.u[:, :, channels].unsqueeze(3)) * B
+        return decay, drive, B, C, group_of
+
+    def last_index(self):
+        return (self.length - 1) % self.steps, (self.length - 1) // self.steps
 
 
 def _channel_blocks(u, n):
@@ -556,55 +697,81 @@ def _channel_blocks(u, n):
 
 
 def _chunked_forward(u, dt, A, B, C):
-    batch, dim, length = u.shape
-    steps = _chunk_length(length)
+    chunked = _ChunkedInputs(u, dt, A, B, C)
     y = torch.empty_like(u)
-    last_state = u.new_empty(batch, dim, A.shape[1])
+    last_state = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    step, chunk = chunked.last_index()
     for channels in _channel_blocks(u, A.shape[1]):
-        decay, drive, _, _, _, C_c, _ = _chunked_block_inputs(u, dt, A, B, C, channels, steps)
-        states = _chunked_linear_scan(decay, drive)
-        y[:, channels] = _from_chunks((states * C_c).sum(3), length)
-        last_state[:, channels] = _from_chunks(states, length)[..., -1]
+        decay, states, _, C_block, _ = chunked.block(channels)
+        _scan_chunks(decay, states)
+        y[:, channels] = _from_chunks((states * C_block).sum(3), chunked.length)
+        last_state[:, channels] = states[step, ..., chunk]
     return y, last_state
 
 
 def _chunked_backward(u, dt, A, B, C, grad_y, grad_last_state):
-    batch, dim, length = u.shape
-    steps = _chunk_length(length)
-    grad_u, grad_dt = torch.empty_like(u), torch.empty_like(u)
-    grad_A, grad_B, grad_C = torch.empty_like(A), torch.zeros_like(B), torch.zeros_like(C)
-    reversed_time = slice(None, None, -1)
+    chunked = _ChunkedInputs(u, dt, A, B, C)
+    steps, length = chunked.steps, chunked.length
+    grad_y_chunks = _to_chunks(grad_y, steps)
+    grad_u, grad_dt, grad_A = torch.empty_like(u), torch.empty_like(u), torch.empty_like(A)
+    grad_B_chunks, grad_C_chunks = torch.zeros_like(chunked.B), torch.zeros_like(chunked.C)
+    step, chunk = chunked.last_index()
     for channels in _channel_blocks(u, A.shape[1]):
-        decay, drive, dt_c, A_c, B_c, C_c, group_of = _chunked_block_inputs(u, dt, A, B, C, channels, steps)
-        step_decay = decay.clone()
-        states = _from_chunks(_chunked_linear_scan(decay, drive), length)  # (b, c, n, l)
-        step_decay = _from_chunks(step_decay, length)
-        gy = grad_y[:, channels].unsqueeze(2)  # (b, c, 1, l)
-        C_block = _from_chunks(C_c, length)
-        # Adjoint: lam_t = gy_t C_t + a_{t+1} lam_{t+1}, a reversed linear scan.
-        adjoint_drive = gy * C_block
-        adjoint_drive[..., -1] += grad_last_state[:, channels]
-        next_decay = F.pad(step_decay[..., 1:], (0, 1))
-        lam = _chunked_linear_scan(
-            _to_chunks(next_decay.flip(-1), steps).contiguous(),
-            _to_chunks(adjoint_drive.flip(-1), steps).contiguous(),
+        decay, states, B_block, C_block, group_of = chunked.block(channels)
+        state_before_chunk = _scan_chunks(decay, states)
+        gy = grad_y_chunks[:, :, channels].unsqueeze(3)
+        grad_C_chunks.index_add_(2, group_of, gy * states)
+        adjoint = gy * C_block
+        adjoint[step, ..., chunk] += grad_last_state[:, channels]
+        _reverse_scan_chunks(decay, adjoint)
+        # d loss / d (dt_t A) = lam_t * decay_t * h_{t-1}
+        grad_exponent = torch.mul(adjoint, decay, out=decay)
+        grad_exponent[1:] *= states[:-1]
+        grad_exponent[0] *= state_before_chunk
+        adjoint_B = (adjoint * B_block).sum(3)
+        dt_block, u_block = chunked.dt[:, :, channels], chunked.u[:, :, channels]
+        grad_dt[:, channels] = _from_chunks(
+            (grad_exponent * A[channels].unsqueeze(-1)).sum(3) + u_block * adjoint_B, length
         )
-        lam = _from_chunks(lam, length).flip(-1)
-        previous = F.pad(states[..., :-1], (1, 0))
-        g_exponent = lam * previous * step_decay  # d loss / d (dt_t A)
-        dt_block, u_block = dt[:, channels], u[:, channels]
-        B_block = _from_chunks(B_c, length)
-        lam_B = (lam * B_block).sum(2)
-        grad_dt[:, channels] = (g_exponent * A[channels].unsqueeze(-1)).sum(2) + u_block * lam_B
-        grad_u[:, channels] = dt_block * lam_B
-        grad_A[channels] = (g_exponent * dt_block.unsqueeze(2)).sum((0, 3))
-        grad_B.index_add_(1, group_of, lam * (dt_block * u_block).unsqueeze(2))
-        grad_C.index_add_(1, group_of, gy * states)
-    return grad_u, grad_dt, grad_A, grad_B, grad_C
+        grad_u[:, channels] = _from_chunks(dt_block * adjoint_B, length)
+        grad_A[channels] = (grad_exponent * dt_block.unsqueeze(3)).sum((0, 1, 4))
+        grad_B_chunks.index_add_(2, group_of, adjoint * (dt_block * u_block).unsqueeze(3))
+    return grad_u, grad_dt, grad_A, _from_chunks(grad_B_chunks, length), _from_chunks(grad_C_chunks, length)
 
 
-def _core(implementation):
-    return (_kernel_forward, _kernel_backward) if implementation == "kernel" else (_chunked_forward, _chunked_backward)
+def _chunked_scan_forward(u, delta, A, B, C, D, z, bias, softplus):
+    """The chunked core with the delta bias/softplus, D skip and z gate around it in PyTorch."""
+    pre = delta + bias[:, None] if bias is not None else delta
+    y, last_state = _chunked_forward(u, F.softplus(pre) if softplus else pre, A, B, C)
+    if D is not None:
+        y = y + u * D[:, None]
+    out = y * F.silu(z) if z is not None else y
+    return out, last_state, y if z is not None else None
+
+
+def _chunked_scan_backward(u, delta, A, B, C, D, z, bias, softplus, y_pre, grad_out, grad_last_state):
+    pre = delta + bias[:, None] if bias is not None else delta
+    grad_z = None
+    if z is not None:
+        sig = torch.sigmoid(z)
+        grad_z = grad_out * y_pre * sig * (1 + z * (1 - sig))
+        grad_out = grad_out * z * sig
+    grad_u, grad_dt, grad_A, grad_B, grad_C = _chunked_backward(
+        u, F.softplus(pre) if softplus else pre, A, B, C, grad_out.contiguous(), grad_last_state
+    )
+    grad_D = None
+    if D is not None:
+        grad_u = grad_u + grad_out * D[:, None]
+        grad_D = (grad_out * u).sum((0, 2))
+    grad_delta = torch.ops.aten.softplus_backward(grad_dt, pre, 1, 20) if softplus else grad_dt
+    grad_bias = grad_delta.sum((0, 2)) if bias is not None else None
+    return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias
+
+
+_IMPLEMENTATIONS = {
+    "kernel": (_kernel_forward, _kernel_backward),
+    "chunked": (_chunked_scan_forward, _chunked_scan_backward),
+}
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -631,51 +798,33 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         dtype = _compute_dtype(u)
-        cast = lambda t: t.to(dtype).contiguous() if t is not None else None  # noqa: E731
-        u_, delta_, A_, B_, C_, D_, z_, bias_ = (cast(t) for t in (u, delta, A, B, C, D, z, delta_bias))
-        pre = delta_ + bias_ if bias_ is not None else delta_
-        dt = F.softplus(pre) if delta_softplus else pre
+        bias = delta_bias.reshape(-1) if delta_bias is not None else None
+        inputs = [t.to(dtype).contiguous() if t is not None else None for t in (u, delta, A, B, C, D, z, bias)]
         implementation = torch_implementation(u)
-        core_forward, _ = _core(implementation)
-        y_scan, last_state = core_forward(u_, dt, A_, B_, C_)
-        y = y_scan + u_ * D_[:, None] if D_ is not None else y_scan
-        out = y * F.silu(z_) if z_ is not None else y
+        scan_forward, _ = _IMPLEMENTATIONS[implementation]
+        out, last_state, y_pre = scan_forward(*inputs, delta_softplus)
         ctx.implementation = implementation
         ctx.delta_softplus = delta_softplus
         ctx.input_dtypes = [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)]
-        ctx.save_for_backward(u_, pre, A_, B_, C_, D_, z_, y if z_ is not None else None)
+        ctx.save_for_backward(*inputs, y_pre)
         return out.to(u.dtype), last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_last_state):
-        u, pre, A, B, C, D, z, y = ctx.saved_tensors
-        dtype = u.dtype
-        grad_out = grad_out.to(dtype)
-        grad_last_state = grad_last_state.to(dtype).contiguous()
-        dt = F.softplus(pre) if ctx.delta_softplus else pre
-        grad_z = None
-        if z is not None:
-            gate = F.silu(z)
-            sig = torch.sigmoid(z)
-            grad_z = grad_out * y * sig * (1 + z * (1 - sig))
-            grad_y = grad_out * gate
-        else:
-            grad_y = grad_out
-        grad_y = grad_y.contiguous()
-        _, core_backward = _core(ctx.implementation)
-        grad_u, grad_dt, grad_A, grad_B, grad_C = core_backward(u, dt, A, B, C, grad_y, grad_last_state)
-        grad_D = None
-        if D is not None:
-            grad_u = grad_u + grad_y * D[:, None]
-            grad_D = (grad_y * u).sum((0, 2))
-        grad_pre = torch.ops.aten.softplus_backward(grad_dt, pre, 1, 20) if ctx.delta_softplus else grad_dt
-        grad_bias = grad_pre.sum((0, 2)).unsqueeze(1) if ctx.input_dtypes[7] is not None else None
-        grads = [grad_u, grad_pre, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias]
+        *inputs, y_pre = ctx.saved_tensors
+        dtype = inputs[0].dtype
+        _, scan_backward = _IMPLEMENTATIONS[ctx.implementation]
+        grads = scan_backward(
+            *inputs, ctx.delta_softplus, y_pre,
+            grad_out.to(dtype).contiguous(), grad_last_state.to(dtype).contiguous(),
+        )
         grads = [
             g.to(input_dtype) if g is not None and needed else None
             for g, input_dtype, needed in zip(grads, ctx.input_dtypes, ctx.needs_input_grad)
         ]
+        if grads[7] is not None:
+            grads[7] = grads[7].unsqueeze(1)
         return (*grads, None)
 
 
