@@ -48,7 +48,16 @@ fi
 install_allowed=1
 [[ "${1:-}" == "--no-install" ]] && install_allowed=0
 
-if command -v sinfo >/dev/null && [[ "$(node_state)" =~ ^(idle|mixed|allocated) ]]; then
+cpus="$(nproc)"
+# A node that claims more memory than it has is drained by slurmctld; claim 90 % of MemTotal.
+real_memory_mb="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
+new_conf="$(mktemp)"
+trap 'rm -f "$new_conf"' EXIT
+sed -e "s/@HOST@/$host/g" -e "s/@CPUS@/$cpus/g" -e "s/@REAL_MEMORY_MB@/$real_memory_mb/g" \
+    "$template" >"$new_conf"
+
+if command -v sinfo >/dev/null && [[ "$(node_state)" =~ ^(idle|mixed|allocated) ]] \
+        && { cmp -s "$new_conf" "$conf" || [[ $EUID -ne 0 ]]; }; then
     log "already running: node $host is $(node_state)"
     exit 0
 fi
@@ -82,13 +91,6 @@ if [[ ! -s /etc/munge/munge.key ]]; then
     runuser -u munge -- /usr/sbin/mungekey --create --keyfile=/etc/munge/munge.key
 fi
 
-cpus="$(nproc)"
-# A node that claims more memory than it has is drained by slurmctld; claim 90 % of MemTotal.
-real_memory_mb="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
-new_conf="$(mktemp)"
-trap 'rm -f "$new_conf"' EXIT
-sed -e "s/@HOST@/$host/g" -e "s/@CPUS@/$cpus/g" -e "s/@REAL_MEMORY_MB@/$real_memory_mb/g" \
-    "$template" >"$new_conf"
 if ! cmp -s "$new_conf" "$conf"; then
     log "writing $conf (node $host, $cpus CPUs, $real_memory_mb MB)"
     # Daemons that run on an older config would disagree with the new one: restart them.
