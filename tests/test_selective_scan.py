@@ -122,6 +122,22 @@ def test_torch_backend_matches_reference(implementation, dtype, tolerance, case)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, indirect=True)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-13), (torch.float32, 1e-6)], ids=["float64", "float32"])
+def test_step_sizes_elementwise_over_the_whole_softplus_range(implementation, dtype, tolerance):
+    """With l = 1, n = 1 and u = B = C = 1 the output is dt itself, so every step size and its
+    derivative is checked to a few ulp, from dt ~ 1e-35 (delta = -80) past the threshold at 20."""
+    delta = torch.linspace(-80, 40, 241, dtype=dtype).reshape(1, 241, 1).requires_grad_()
+    ones = torch.ones(1, 1, 1, 1, dtype=dtype)
+    out = selective_scan_fn(ones.view(1, 1, 1).expand(1, 241, 1), delta, -torch.ones(241, 1, dtype=dtype),
+                            ones, ones, delta_softplus=True)
+    (grad,) = torch.autograd.grad(out.sum(), [delta])
+    expected = F.softplus(delta.detach().double())
+    expected_grad = torch.sigmoid(delta.detach().double()).where(delta.detach() <= 20, torch.ones((), dtype=torch.float64))
+    assert ((out.double() - expected).abs() / expected).max() <= tolerance
+    assert ((grad.double() - expected_grad).abs() / expected_grad).max() <= tolerance
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, indirect=True)
 def test_gradcheck(implementation):
     inputs = make_inputs(1, 2, 2, 1, 3, torch.float64, True, True, True)
     names = list(inputs)
