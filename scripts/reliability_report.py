@@ -86,14 +86,14 @@ class FaultCollector:
 
 
 def _reason(report) -> str:
+    """One line: the end of the assertion's message (the command's last error line) and the failed check."""
     crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None:
-        text = crash.message
-    elif isinstance(report.longrepr, tuple):
-        text = report.longrepr[2]
-    else:
-        text = str(report.longrepr)
-    return " ".join(text.split())[:300]
+    text = crash.message if crash is not None else str(report.longrepr)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    check = next((index for index, line in enumerate(lines) if line.startswith("assert ")), len(lines))
+    message = lines[check - 1].removeprefix("AssertionError: ") if check else ""
+    shown = " / ".join(part for part in (message, lines[check] if check < len(lines) else "") if part)
+    return shown[:300]
 
 
 def _cell(text: str) -> str:

@@ -30,6 +30,12 @@ def partial_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in Path(root).rglob("*") if PARTIAL_NAME.search(path.name))
 
 
+def last_lines(text: str, count: int = 8) -> str:
+    """The end of a command's output, without progress-bar redraws: what an assertion message should show."""
+    lines = [line.rstrip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+    return "\n".join(lines[-count:])
+
+
 def segbench(*args, cwd: Path, timeout: float = 300, preexec_fn=None, **env) -> subprocess.CompletedProcess:
     """The real ``segbench`` command of the venv, run in ``cwd`` with ``env`` added to the environment."""
     return subprocess.run([SEGBENCH, *map(str, args)], cwd=cwd,

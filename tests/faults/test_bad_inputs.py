@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO
 
-from .helpers import partial_files, segbench, tiny_config, train_args, write_yaml
+from .helpers import last_lines, partial_files, segbench, tiny_config, train_args, write_yaml
 
 KVASIR = "TestDataset/Kvasir"
 IDS = ["cju0a", "cju0b", "cju0c"]
@@ -114,7 +114,7 @@ def test_bad_dataset_file_stops_preparation_naming_it(tmp_path, spoil):
     result = prepare(root, len(IDS))
 
     assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, last_lines(result.stderr)
     assert named in result.stderr and reason in result.stderr, result.stderr
     assert "nothing was prepared" in result.stderr
     assert not (root / "processed" / "kvasir").exists()
@@ -153,7 +153,7 @@ def test_coloured_mask_is_thresholded_with_a_warning(tmp_path):
 
     result = prepare(root, len(IDS))
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, last_lines(result.stderr)
     assert "thresholded at 128" in result.stdout and "empty" in result.stdout, result.stdout
     report = json.loads((root / "processed" / "kvasir" / "integrity.json").read_text())
     assert report["thresholded_mask_ids"] == [identifier] and report["empty_mask_ids"] == [identifier]
@@ -173,7 +173,7 @@ def test_empty_mask_is_counted_and_scored_by_the_declared_rule(tmp_path):
 
     result = prepare(root, len(IDS))
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, last_lines(result.stderr)
     assert "1 mask(s) are empty" in result.stdout
     report = json.loads((root / "processed" / "kvasir" / "integrity.json").read_text())
     assert report["n_empty_masks"] == 1 and report["empty_mask_ids"] == [identifier]
@@ -191,7 +191,7 @@ def test_empty_mask_is_counted_and_scored_by_the_declared_rule(tmp_path):
         prediction[:3, :3] = foreground
         Image.fromarray(prediction).save(pred / f"{identifier}.png")
         scored = segbench("score", pred, gt, cwd=tmp_path)
-        assert scored.returncode == 0, scored.stderr[-3000:]
+        assert scored.returncode == 0, last_lines(scored.stderr)
         scores[name] = json.loads(scored.stdout)["per_image"]["dice_mean"]
     assert scores == {"empty": 1.0, "spurious": 0.0}
 
@@ -208,7 +208,7 @@ def test_grayscale_and_rgba_images_are_converted_with_a_note(tmp_path):
 
     result = prepare(root, len(IDS))
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, last_lines(result.stderr)
     report = json.loads((root / "processed" / "kvasir" / "integrity.json").read_text())
     assert report["conversions"] == {"image L -> RGB": 1, "image RGBA -> RGB (alpha dropped)": 1}
     for identifier in IDS[:2]:
@@ -236,8 +236,8 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, change, key):
 
     result = segbench(*train_args(config, out), cwd=tmp_path)
 
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, last_lines(result.stderr)
+    assert "Traceback" not in result.stderr, last_lines(result.stderr)
     assert str(config) in result.stderr and key in result.stderr, result.stderr
     assert not out.exists()
 
@@ -266,15 +266,17 @@ def test_model_file_raising_at_import_is_named_and_the_others_stay_usable(tmp_pa
 
     listed = segbench("models", cwd=tmp_path, **env)
 
-    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert listed.returncode == 0, last_lines(listed.stderr)
     assert f"BROKEN {broken}" in listed.stdout and "broken on purpose" in listed.stdout, listed.stdout
-    assert [line.split()[0] for line in listed.stdout.splitlines() if not line.startswith("BROKEN")] == ["unet", "unetpp"]
+    usable = [line.split()[0] for line in listed.stdout.splitlines() if not line.startswith("BROKEN")]
+    assert usable == ["unet", "unetpp"], listed.stdout
 
     profiled = segbench("profile", "--model", "unet", "--size", 32, "--warmup", 0, "--runs", 1, "--device", "cpu",
                         cwd=tmp_path, **env)
-    assert profiled.returncode == 0, profiled.stderr[-3000:]
+    assert profiled.returncode == 0, last_lines(profiled.stderr)
     assert json.loads(profiled.stdout)["params_total"] > 0
 
-    asked = segbench("profile", "--model", "broken_net", "--size", 32, "--runs", 1, "--device", "cpu", cwd=tmp_path, **env)
-    assert asked.returncode == 2, asked.stderr[-3000:]
+    asked = segbench("profile", "--model", "broken_net", "--size", 32, "--runs", 1, "--device", "cpu",
+                     cwd=tmp_path, **env)
+    assert asked.returncode == 2, last_lines(asked.stderr)
     assert str(broken) in asked.stderr and "broken on purpose" in asked.stderr

@@ -7,12 +7,11 @@ import signal
 
 import pytest
 
+from conftest import run_tool
 from segbench.checkpoint import load_checkpoint
 
-from conftest import run_tool
-
-from .helpers import (SEGBENCH, kill_group, partial_files, segbench, snakemake_command, start, tiny_config, train_args,
-                      train_config, wait_until, write_yaml)
+from .helpers import (SEGBENCH, kill_group, last_lines, partial_files, segbench, snakemake_command, start,
+                      tiny_config, train_args, train_config, wait_until, write_yaml)
 
 
 @pytest.mark.slow
@@ -31,9 +30,9 @@ def test_second_snakemake_on_the_same_results_is_refused(project_copy):
 
         second = run_tool(snakemake_command(config, target), project_copy, check=False)
 
-        assert second.returncode != 0, second.stdout[-3000:]
-        assert "cannot be locked" in second.stdout + second.stderr, second.stderr[-3000:]
-        assert first.poll() is None, "the second invocation disturbed the first"
+        assert second.returncode != 0, last_lines(second.stdout)
+        assert "cannot be locked" in second.stdout + second.stderr, last_lines(second.stderr)
+        assert first.poll() is None, "the first run died: " + last_lines((project_copy / "first.log").read_text())
         assert "rule train" not in second.stdout + second.stderr
     finally:
         kill_group(first, signal.SIGINT)
@@ -55,9 +54,9 @@ def test_second_training_into_the_same_run_folder_is_refused(tmp_path, data_root
 
         second = segbench(*train_args(config, run), cwd=tmp_path, timeout=120)
 
-        assert first.poll() is None, "the second training disturbed the first"
-        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-        assert str(run) in second.stderr and "another" in second.stderr, second.stderr[-3000:]
+        assert first.poll() is None, "the first training died: " + last_lines((tmp_path / "first.log").read_text())
+        assert second.returncode == 2, last_lines(second.stdout + second.stderr)
+        assert str(run) in second.stderr and "another" in second.stderr, last_lines(second.stderr)
         assert "epoch 1:" not in second.stdout, "the second training trained into the same folder"
     finally:
         kill_group(first, signal.SIGTERM)
