@@ -10,24 +10,6 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_kwargs):
-    """Yield a file object on a temporary name beside ``path``; rename over ``path`` on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path`` for writers that want a filename (np.savez, torch.save)."""
     path = Path(path)
@@ -43,6 +25,13 @@ def atomic_path(path: str | Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kwargs):
+    """Yield a file object on a temporary name beside ``path``; rename over ``path`` on success only."""
+    with atomic_path(path) as temporary, open(temporary, mode, **open_kwargs) as handle:
+        yield handle
 
 
 def write_json(path: str | Path, data) -> None:
