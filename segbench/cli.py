@@ -11,12 +11,12 @@ from segbench.config import ConfigError, load_config, variant_spec
 
 
 def _gpu_slot_for(device: str):
-    """Hold one GPU for this process when a GPU will be used (segbench.gpu_slots); else nothing."""
-    if device == "cpu":
-        return contextlib.nullcontext()
-    import torch
+    """Hold one GPU for this process (segbench.gpu_slots) unless the config pins it to the CPU.
 
-    if not torch.cuda.is_available():
+    Must run before anything touches CUDA: the slot is chosen by setting CUDA_VISIBLE_DEVICES, which
+    CUDA reads once. gpu_slot() yields None when no GPU is visible.
+    """
+    if device == "cpu":
         return contextlib.nullcontext()
     from segbench.gpu_slots import gpu_slot
 
