@@ -137,11 +137,11 @@ def test_every_rule_that_runs_a_command_has_a_conda_env(tmp_path):
     )
 
 
-def test_versions_quoted_in_the_scale_docs_match_pyproject():
+def test_versions_quoted_in_the_readme_match_pyproject():
     pins = exact_pins(PYPROJECT["dependencies"], "pyproject.toml")
     for extra, requirements in PYPROJECT["optional-dependencies"].items():
         pins |= exact_pins(requirements, f"pyproject.toml extra '{extra}'")
-    docs = ROOT / "docs" / "scale.md"
+    docs = ROOT / "README.md"
     quoted = re.findall(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+-]*)", docs.read_text())
     assert quoted, f"{docs} quotes no name==version pins"
     wrong = [f"{name}=={version} (pyproject: {pins.get(canonicalize_name(name), 'absent')})"
