@@ -65,7 +65,7 @@ def test_checkpoint_save_cut_short_resumes_from_the_previous_one(tmp_path, two_e
 
     assert result.returncode == 0, last_lines(result.stderr)
     assert "using the previous checkpoint" in result.stdout and "after epoch 1" in result.stdout, result.stdout
-    assert sha256_file(run / "model.pt") == sha256_file(reference / "model.pt"), "model.pt differs from the uninterrupted run's"
+    assert sha256_file(run / "model.pt") == sha256_file(reference / "model.pt"), "model.pt differs from the reference"
     assert partial_files(run) == []
 
 
