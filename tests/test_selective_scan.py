@@ -262,7 +262,7 @@ def test_explicit_cuda_on_cpu_is_a_clear_error(restore_default_backend):
     with pytest.raises(RuntimeError, match=expected) as raised:
         selective_scan_fn(**inputs, backend="cuda")
     if not scan.cuda_backend_available():
-        assert "pip install -e .[cuda]" in str(raised.value)
+        assert "pip install --no-build-isolation -e .[cuda]" in str(raised.value)
     scan.set_default_backend("cuda")
     with pytest.raises(RuntimeError, match=expected):
         selective_scan_fn(**inputs)
@@ -337,7 +337,7 @@ def test_cuda_backend_matches_torch_backend():
     for backend in ("cuda", "torch"):
         leaves = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
         out, state = selective_scan_fn(**leaves, delta_softplus=True, return_last_state=True, backend=backend)
-        (out.square().sum() + state.sum()).backward()
+        out.square().sum().backward()  # mamba_ssm's kernel does not backpropagate through last_state
         results[backend] = [out, state] + [leaves[k].grad for k in inputs]
     for name, cuda_value, torch_value in zip(["out", "last_state", *inputs], results["cuda"], results["torch"]):
         assert relative_error(cuda_value, torch_value) <= 1e-4, name

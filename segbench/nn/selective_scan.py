@@ -90,8 +90,9 @@ def cuda_backend_available() -> bool:
 
 
 _INSTALL_HINT = (
-    "Install the CUDA kernel with `pip install -e .[cuda]` (mamba-ssm) on a machine with nvcc "
-    "and a CUDA build of torch (see the README, 'GPU / mamba-ssm'), or use scan_backend: torch."
+    "Install mamba-ssm's CUDA kernel on a machine with nvcc and a CUDA build of torch: "
+    "`pip install --no-build-isolation -e .[cuda]` (the pinned mamba-ssm==2.3.2.post1; see the "
+    "README, 'Running at scale'), or set scan_backend: torch."
 )
 
 
@@ -850,7 +851,10 @@ def selective_scan_flop_jit(inputs, outputs) -> int:
 
     The traced op's tensor inputs are u, delta, A, B, C followed by whichever of D (1-D),
     z (3-D) and delta_bias (passed as (d, 1), 2-D) were given (None arguments are not graph
-    inputs), so their rank tells them apart.
+    inputs), so their rank tells them apart. The cuda backend (mamba_ssm 2.3's own
+    ``SelectiveScanFn``) traces under the same op name but with a 1-D delta_bias: its count is
+    exact whenever D is given (as in VMamba); a call with delta_bias and no D would be counted
+    with the D term.
     """
     b, d, l = inputs[0].type().sizes()
     n = inputs[2].type().sizes()[1]
