@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -130,9 +131,10 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
 # The compiled CPU kernel of the torch backend: the whole scan (delta bias and softplus, D skip,
 # z gate) fused per (batch, channel) row, so no (b, d, l) temporaries are made in PyTorch.
 # B and C arrive transposed to (b, g, l, n) so the state index is the contiguous inner loop.
-# A call handles rows [row_begin, row_end). gB/gC are summed over the channels of a group, so
-# every concurrent call gets its own gB/gC buffer; per-channel gradients (A, D, delta_bias) come
-# out per row and are summed over the batch in PyTorch.
+# A call handles rows [row_begin, row_end). gB/gC are sums over the channels of a group, so a
+# backward call takes rows of one (batch, group) only and adds into its own (l, n) gB/gC buffers;
+# per-channel gradients (A, D, delta_bias) come out per row and are summed over the batch in
+# PyTorch.
 
 _KERNEL_SOURCE = r"""
 #include <cmath>
@@ -250,8 +252,8 @@ template <typename T, int NS>
 void backward_rows(const Inputs& in, const T* __restrict__ y_pre, const T* __restrict__ grad_out,
                    const T* __restrict__ grad_last, Shape s, int64_t row_begin, int64_t row_end,
                    T* __restrict__ gu, T* __restrict__ gdelta, T* __restrict__ gz, T* __restrict__ gA_rows,
-                   T* __restrict__ gD_rows, T* __restrict__ gbias_rows, T* __restrict__ gBt,
-                   T* __restrict__ gCt) {
+                   T* __restrict__ gD_rows, T* __restrict__ gbias_rows, T* __restrict__ gBg,
+                   T* __restrict__ gCg) {
   const int64_t n = NS ? NS : s.n;
   const int64_t l = s.l, per_group = s.dim / s.groups;
   constexpr int64_t flush_every = 64;  // gA sums in T for this many steps, then in double
@@ -266,8 +268,6 @@ void backward_rows(const Inputs& in, const T* __restrict__ y_pre, const T* __res
     const int64_t group_offset = (b * s.groups + g) * l * n;
     const T* __restrict__ Bg = Bt + group_offset;
     const T* __restrict__ Cg = Ct + group_offset;
-    T* __restrict__ gBg = gBt + group_offset;
-    T* __restrict__ gCg = gCt + group_offset;
     const T* __restrict__ ur = u + r * l;
     const T* __restrict__ gout = grad_out + r * l;
     T* __restrict__ dt = dt_buffer.data();
@@ -576,29 +576,32 @@ def _kernel_backward(u, delta, A, B, C, D, z, bias, softplus, y_pre, grad_out, g
     batch, dim, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     Bt, Ct = B.transpose(2, 3).contiguous(), C.transpose(2, 3).contiguous()
-    ranges = _row_ranges(batch * dim, torch.get_num_threads())
+    per_group = dim // groups
+    # Every (batch, group) block of rows is split into `splits` calls, each with its own gB/gC.
+    splits = max(1, min(per_group, -(-torch.get_num_threads() // (batch * groups))))
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
     grad_z = torch.empty_like(u) if z is not None else None
     grad_A_rows = u.new_empty(batch, dim, n)
     grad_D_rows = u.new_empty(batch, dim) if D is not None else None
     grad_bias_rows = u.new_empty(batch, dim) if bias is not None else None
-    grad_Bt = u.new_zeros(len(ranges), batch, groups, length, n)
-    grad_Ct = u.new_zeros(len(ranges), batch, groups, length, n)
+    grad_Bt = u.new_zeros(batch, groups, splits, length, n)
+    grad_Ct = u.new_zeros(batch, groups, splits, length, n)
     backward = lib.scan_backward_f64 if u.dtype == torch.float64 else lib.scan_backward_f32
     inputs = [_pointer(t) for t in (u, delta, A, Bt, Ct, D, z, bias, y_pre, grad_out, grad_last_state)]
-    calls = [
-        functools.partial(
-            backward, *inputs, int(softplus), dim, groups, n, length, begin, end,
-            *[_pointer(t) for t in (grad_u, grad_delta, grad_z, grad_A_rows, grad_D_rows, grad_bias_rows)],
-            _pointer(grad_Bt[i]), _pointer(grad_Ct[i]),
-        )
-        for i, (begin, end) in enumerate(ranges)
-    ]
+    outputs = [_pointer(t) for t in (grad_u, grad_delta, grad_z, grad_A_rows, grad_D_rows, grad_bias_rows)]
+    calls = []
+    for b, g, part in itertools.product(range(batch), range(groups), range(splits)):
+        first_row = b * dim + g * per_group
+        begin, end = first_row + per_group * part // splits, first_row + per_group * (part + 1) // splits
+        calls.append(functools.partial(
+            backward, *inputs, int(softplus), dim, groups, n, length, begin, end, *outputs,
+            _pointer(grad_Bt[b, g, part]), _pointer(grad_Ct[b, g, part]),
+        ))
     _run_parallel(calls)
+    grad_B, grad_C = (grad.sum(2).transpose(2, 3) for grad in (grad_Bt, grad_Ct))
     sum_rows = lambda rows: rows.sum(0) if rows is not None else None  # noqa: E731
     return (
-        grad_u, grad_delta, grad_A_rows.sum(0), grad_Bt.sum(0).transpose(2, 3), grad_Ct.sum(0).transpose(2, 3),
-        sum_rows(grad_D_rows), grad_z, sum_rows(grad_bias_rows),
+        grad_u, grad_delta, grad_A_rows.sum(0), grad_B, grad_C, sum_rows(grad_D_rows), grad_z, sum_rows(grad_bias_rows),
     )
 
 
