@@ -506,7 +506,7 @@ def set_torch_implementation(name: str) -> None:
 
 def torch_implementation(tensor: torch.Tensor) -> str:
     """The inner scan the torch backend uses for inputs like ``tensor``: "kernel" or "chunked"."""
-    if _torch_implementation == "chunked":
+    if _torch_implementation == "chunked" or (_torch_implementation == "auto" and tensor.device.type != "cpu"):
         return "chunked"
     lib, why_not = _load_kernel()
     if _torch_implementation == "kernel":
@@ -515,8 +515,6 @@ def torch_implementation(tensor: torch.Tensor) -> str:
         if tensor.device.type != "cpu":
             raise RuntimeError(f"the selective-scan CPU kernel runs on CPU tensors; got {tensor.device}")
         return "kernel"
-    if tensor.device.type != "cpu":
-        return "chunked"
     if lib is None:
         _warn_kernel_missing(why_not)
         return "chunked"
