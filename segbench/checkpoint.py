@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -21,12 +22,23 @@ class CheckpointError(RuntimeError):
     """No checkpoint that verifies could be read."""
 
 
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """The file holds objects other than tensors and plain data: refused, never unpickled, no fallback."""
+
+
 def _hash_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
 def _previous(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    """Whether there is something to resume from: ``path`` or its previous version (a save cut short
+    after the rotation below leaves only the previous one)."""
+    path = Path(path)
+    return path.exists() or _previous(path).exists()
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -37,10 +49,16 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     if path.exists() and _hash_file(path).exists():
         os.replace(path, _previous(path))
         os.replace(_hash_file(path), _hash_file(_previous(path)))
-    with atomic_write(path, "wb") as handle:
-        handle.write(payload)
-    with atomic_write(_hash_file(path)) as handle:
-        handle.write(hashlib.sha256(payload).hexdigest() + "\n")
+    try:
+        with atomic_write(path, "wb") as handle:
+            handle.write(payload)
+        with atomic_write(_hash_file(path)) as handle:
+            handle.write(hashlib.sha256(payload).hexdigest() + "\n")
+    except OSError as error:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {error.strerror or error}; the previous checkpoint "
+            f"{_previous(path)} is kept. Free disk space, then rerun the same command to resume from it."
+        ) from error
 
 
 def _read_verified(path: Path) -> dict:
@@ -54,7 +72,15 @@ def _read_verified(path: Path) -> dict:
     found = hashlib.sha256(payload).hexdigest()
     if found != expected:
         raise CheckpointError(f"{path} is corrupt or truncated: sha256 {found} != recorded {expected}")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = [line for line in str(error).splitlines() if "Unsupported global" in line]
+        raise UnsafeCheckpointError(
+            f"{path} holds objects other than tensors and plain data; refusing to unpickle it (that could run "
+            f"code from the file{': ' + refused[0].strip() if refused else ''}). segbench never writes such "
+            f"checkpoints: if you did not put it there, delete {path.parent} and rerun."
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -62,6 +88,8 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
         return _read_verified(path)
+    except UnsafeCheckpointError:
+        raise
     except CheckpointError as error:
         with contextlib.suppress(CheckpointError):
             state = _read_verified(_previous(path))

@@ -175,10 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("profile needs --model (or --config with --variant)")
     try:
         return args.handler(args) or 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as error:
+    except Exception as error:
+        if not isinstance(error, (ConfigError, OSError, KeyError, ValueError, *_run_errors())):
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"segbench {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _run_errors() -> tuple[type[Exception], ...]:
+    """Expected failures of a run, reported as one line (imported late: they pull in torch)."""
+    from segbench.checkpoint import CheckpointError
+    from segbench.train import NonFiniteLossError, RunFolderBusyError
+
+    return CheckpointError, NonFiniteLossError, RunFolderBusyError
 
 
 if __name__ == "__main__":

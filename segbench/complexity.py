@@ -18,7 +18,7 @@ import contextlib
 import warnings
 from collections import Counter
 from math import prod
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn

@@ -21,9 +21,11 @@ def atomic_path(path: str | Path):
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None and error.errno:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # a full disk: name the file
         raise
 
 

@@ -7,10 +7,16 @@ by (seed, epoch), so resuming needs no generator state beyond the global torch R
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import io
 import json
+import os
+import pickle
 import math
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -19,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from segbench import manifest as run_manifest
-from segbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from segbench.checkpoint import (CheckpointError, UnsafeCheckpointError, checkpoint_exists, load_checkpoint,
+                                 save_checkpoint)
 from segbench.config import variant_spec
 from segbench.data import load_cache
-from segbench.io import atomic_path, atomic_write
+from segbench.io import atomic_write
 from segbench.losses import BceDiceLoss
 from segbench.metrics import PooledConfusion
 from segbench.nn.selective_scan import resolve_backend, set_default_backend
@@ -34,6 +41,40 @@ LOG_COLUMNS = ["epoch", "steps", "lr", "train_loss", "val_loss", "val_dsc", "sec
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another training is writing the same run folder."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path):
+    """Hold ``out_dir`` for this process, so two trainings never write the same run folder. The kernel
+    drops the lock when the process ends, however it ends (SIGKILL included), so a rerun is never
+    blocked by a dead one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".train.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunFolderBusyError(
+                f"{out_dir} is being written by another training ({holder}); two trainings must never share a "
+                "run folder. Wait for that one to finish, or give this one another --out."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files (segbench.io names them .<name>.<random>.tmp) of a training that was killed while
+    writing; safe to remove while this process holds the run folder."""
+    for path in [*out_dir.glob(".*.tmp"), *(out_dir / "checkpoints").glob(".*.tmp")]:
+        path.unlink(missing_ok=True)
 
 
 def select_device(requested: str) -> torch.device:
@@ -96,6 +137,12 @@ def validate(model, card, criterion, images, masks, cfg, device) -> tuple[float,
 def train_run(cfg: dict, protocol: str, variant: str, seed: int, out_dir: str | Path) -> Path:
     """Train one run into ``out_dir`` (model.pt, train_log.csv, manifest.json); resumes if possible."""
     out_dir = Path(out_dir)
+    with run_folder_lock(out_dir):
+        _remove_stale_temporaries(out_dir)
+        return _train_locked(cfg, protocol, variant, seed, out_dir)
+
+
+def _train_locked(cfg: dict, protocol: str, variant: str, seed: int, out_dir: Path) -> Path:
     train_cfg = cfg["train"]
     model_name, model_kwargs = variant_spec(cfg, variant)
     card = get_card(model_name)
@@ -158,15 +205,16 @@ def train_run(cfg: dict, protocol: str, variant: str, seed: int, out_dir: str | 
             loss = criterion(output, masks)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"{description}: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{description}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                     f"the last good checkpoint ({checkpoint_dir / 'last.pt'}) is kept. Lower train.lr, "
-                    f"check the input data, or enable train.amp=false."
+                    f"check the input data, or set train.amp: false."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss)
-            progress.set_postfix(loss=f"{float(loss):.4f}")
+            step_loss = loss.item()
+            total_loss += step_loss
+            progress.set_postfix(loss=f"{step_loss:.4f}")
         scheduler.step()
         val_loss, val_dsc = validate(model, card, criterion, val_images, val_masks, cfg, device)
         log_rows.append({
@@ -199,10 +247,12 @@ def train_run(cfg: dict, protocol: str, variant: str, seed: int, out_dir: str | 
 
 def _resume(checkpoint_dir: Path, model, optimizer, scheduler) -> dict:
     last = checkpoint_dir / "last.pt"
-    if not last.exists():
+    if not checkpoint_exists(last):
         return {"epoch": 0, "best": None, "log": []}
     try:
         state = load_checkpoint(last)
+    except UnsafeCheckpointError:
+        raise
     except CheckpointError as error:
         print(f"warning: {error}; starting this run from scratch", flush=True)
         return {"epoch": 0, "best": None, "log": []}
@@ -219,8 +269,12 @@ def _write_outputs(out_dir: Path, weights: dict, log_rows: list, cfg: dict, run:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(log_rows)
-    with atomic_path(out_dir / "model.pt") as temporary:
-        torch.save(weights, temporary)
+    # Through a buffer: torch.save names the records inside the file after the file it writes, and
+    # the temporary name is random, so saving to it directly would give each run different bytes.
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    with atomic_write(out_dir / "model.pt", "wb") as handle:
+        handle.write(buffer.getvalue())
     run_manifest.write(out_dir / "manifest.json", cfg, run, out_dir / "model.pt")
 
 
@@ -229,5 +283,12 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     model = create_model(manifest["model"], **manifest["model_kwargs"])
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    try:
+        weights = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{run_dir / 'model.pt'} holds objects other than tensors; refusing to unpickle it (that could run code "
+            "from the file). segbench writes plain state dicts: retrain the run or pull its results again."
+        ) from None
+    model.load_state_dict(weights)
     return model.to(device).eval(), get_card(manifest["model"]), manifest

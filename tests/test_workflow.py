@@ -1,12 +1,10 @@
 """The whole DAG, for real: Snakemake, the segbench CLI and DVC in a fresh copy of the project."""
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_CONFIG, run_tool, tool_env, write_config
+from conftest import REPO, TINY_CONFIG, run_tool, write_config
 
 pytestmark = pytest.mark.slow
 

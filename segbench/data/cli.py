@@ -140,7 +140,7 @@ def _guarded(handler):
         try:
             handler(args)
         except (ArchiveReadError, UnsafeArchiveError, CacheError, DownloadError, PrepareError, SplitError,
-                FileNotFoundError, ValueError, KeyError) as error:
+                OSError, ValueError, KeyError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             print(f"segbench data {args.data_command}: error: {message}", file=sys.stderr)
             raise SystemExit(1) from None

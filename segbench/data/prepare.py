@@ -245,6 +245,12 @@ def write_processed(
         write_json(temporary / "integrity.json", report)
         _swap_into_place(temporary, target)
         return report
+    except OSError as error:
+        _discard(temporary, target)
+        raise PrepareError(
+            f"rule {RULE} ({dataset}): could not write {target}: {error.strerror or error}; nothing was prepared. "
+            "Free disk space and rerun."
+        ) from error
     except BaseException:
         _discard(temporary, target)
         raise
