@@ -341,3 +341,20 @@ def test_cuda_backend_matches_torch_backend():
         results[backend] = [out, state] + [leaves[k].grad for k in inputs]
     for name, cuda_value, torch_value in zip(["out", "last_state", *inputs], results["cuda"], results["torch"]):
         assert relative_error(cuda_value, torch_value) <= 1e-4, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_backend_on_gpu_matches_reference():
+    """On a GPU without mamba_ssm the torch backend runs the chunked scan on the device."""
+    inputs = make_inputs(2, 16, 16, 4, 300, torch.float32, True, True, True)
+    leaves = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
+    out, state = selective_scan_fn(**leaves, delta_softplus=True, return_last_state=True, backend="torch")
+    (out.square().sum() + state.sum()).backward()
+    reference_inputs = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
+    expected, expected_state = reference_scan(**reference_inputs, delta_softplus=True)
+    (expected.square().sum() + expected_state.sum()).backward()
+    assert relative_error(out.cpu(), expected) <= 1e-5
+    assert relative_error(state.cpu(), expected_state) <= 1e-5
+    for name in inputs:
+        assert relative_error(leaves[name].grad.cpu(), reference_inputs[name].grad) <= 1e-5, name
