@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -169,7 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum, frame):
+    # Snakemake, SLURM (preemption) and kill(1) send SIGTERM: unwinding as an exception lets every
+    # temp-and-rename writer remove its temporary file, so a stopped job leaves no partial output.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     if args.handler is _profile and not (args.model or args.variant):
         build_parser().error("profile needs --model (or --config with --variant)")

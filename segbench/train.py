@@ -32,7 +32,7 @@ from segbench.data import load_cache
 from segbench.io import atomic_write
 from segbench.losses import BceDiceLoss
 from segbench.metrics import PooledConfusion
-from segbench.nn.selective_scan import resolve_backend, set_default_backend
+from segbench.nn.selective_scan import resolve_backend, set_default_backend, torch_implementation
 from segbench.registry import create_model, get_card, to_probabilities
 from segbench.transforms import augment_batch, scale_input
 
@@ -239,10 +239,17 @@ def _train_locked(cfg: dict, protocol: str, variant: str, seed: int, out_dir: Pa
     _write_outputs(out_dir, final_weights, log_rows, cfg, dict(
         protocol=protocol, variant=variant, model=model_name, model_kwargs=model_kwargs, seed=seed,
         train_dataset=train_dataset, data_file=data_file, device=device, best=best,
-        scan_backend=resolve_backend(cfg["scan_backend"], torch.empty(0, device=device)),
+        scan_backend=_describe_scan(cfg["scan_backend"], device),
         pretrained_file=pretrained_file,
     ))
     return out_dir
+
+
+def _describe_scan(requested: str, device: torch.device) -> str:
+    """The selective scan that ran: "cuda", or "torch/kernel" (compiled CPU kernel) or "torch/chunked"."""
+    probe = torch.empty(0, device=device)
+    backend = resolve_backend(requested, probe)
+    return f"torch/{torch_implementation(probe)}" if backend == "torch" else backend
 
 
 def _resume(checkpoint_dir: Path, model, optimizer, scheduler) -> dict:
