@@ -43,8 +43,8 @@ def machine_lines(threads: int) -> list[str]:
     """Lines for a benchmark's header: what ran it and how busy the machine was."""
     return [
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch threads: {threads}.",
-        f"Load average at start: {load_average()}; other processes share this machine, so every time is a "
-        "median over interleaved rounds and the ratios matter more than the absolute numbers.",
+        f"Load average at start: {load_average()}; other processes share this machine, so the candidates are "
+        "interleaved in rounds and the ratios matter more than the absolute numbers.",
     ]
 
 
