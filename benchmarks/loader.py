@@ -31,9 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from render import machine_lines  # noqa: E402  (benchmarks/render.py, beside this file)
+from render import machine_lines, publish  # noqa: E402  (benchmarks/render.py, beside this file)
 from segbench.data import load_cache  # noqa: E402
-from segbench.io import atomic_write  # noqa: E402
 from segbench.losses import BceDiceLoss  # noqa: E402
 from segbench.nn import selective_scan as scan  # noqa: E402
 from segbench.registry import create_model, get_card  # noqa: E402
@@ -188,12 +187,7 @@ def main(argv=None) -> None:
             rows.append(measure(f"{MODEL} paper size, 256x256", caches[256], {}, batch, train_cfg, rounds,
                                 loader_steps=10))
     table = render(rows, header, batch)
-    print()
-    print(table)
-    if args.markdown:
-        with atomic_write(args.markdown) as handle:
-            handle.write(table + "\n")
-        print(f"\nwrote {args.markdown}")
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from render import machine_lines  # noqa: E402  (benchmarks/render.py, beside this file)
-from segbench.io import atomic_write  # noqa: E402
+from render import machine_lines, publish  # noqa: E402  (benchmarks/render.py, beside this file)
 from segbench.losses import BceDiceLoss  # noqa: E402
 from segbench.nn import selective_scan as scan  # noqa: E402
 from segbench.registry import create_model, get_card, list_models  # noqa: E402
@@ -194,12 +193,7 @@ def main(argv=None) -> None:
     print("\n".join(header), flush=True)
     times = run_rounds(benches, rounds)
     table = render(benches, times, header, smoke_batch)
-    print()
-    print(table)
-    if args.markdown:
-        with atomic_write(args.markdown) as handle:
-            handle.write(table + "\n")
-        print(f"\nwrote {args.markdown}")
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,18 @@ def machine_lines(threads: int) -> list[str]:
     ]
 
 
+def publish(table: str, markdown: str | None) -> None:
+    """Print a benchmark's table and, when asked, write it (atomically) for `make bench` to merge."""
+    from segbench.io import atomic_write
+
+    print()
+    print(table)
+    if markdown:
+        with atomic_write(markdown) as handle:
+            handle.write(table + "\n")
+        print(f"\nwrote {markdown}")
+
+
 def _section_name(path: Path) -> str:
     stem = path.stem.lstrip(".")
     return stem.removeprefix("bench_")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.io import atomic_write  # noqa: E402
+from render import cpu_model, publish  # noqa: E402  (benchmarks/render.py, beside this file)
 from segbench.nn import selective_scan as scan  # noqa: E402
 
 STAGES = [(1, 96, 64), (2, 192, 32), (3, 384, 16), (4, 768, 8)]  # stage, C, feature-map side
@@ -133,16 +132,6 @@ def measure_stage(stage, channels, side, repeats, memory_gb, candidates):
     return row
 
 
-def cpu_description():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def render(rows, candidates, header_lines):
     names = list(candidates)
     columns = ["stage", "L", "d", "batch", "sequential (s)"]
@@ -181,7 +170,7 @@ def main(argv=None):
 
     header = [
         f"Selective scan, forward+backward, float32, n={STATE}, {GROUPS} groups, delta_softplus, D skip, delta_bias.",
-        f"CPU: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"medians of {repeats} alternating repeat(s).",
         f"C++ kernel: {kernel_detail if kernel_available else 'unavailable: ' + kernel_detail}.",
         f"Baseline: sequential recurrence, per-step tensors unbound once. Rows with batch < {BATCH} ran baseline and "
@@ -198,12 +187,7 @@ def main(argv=None):
         print(f"stage {stage}: L={row['L']} d={row['d']} batch={row['batch']}: {times}", flush=True)
     scan.set_torch_implementation("auto")
     table = render(rows, candidates, header)
-    print()
-    print(table)
-    if args.markdown:
-        with atomic_write(args.markdown) as handle:
-            handle.write(table + "\n")
-        print(f"\nwrote {args.markdown}")
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":
