@@ -85,7 +85,8 @@ def _profile(args) -> None:
 
 
 def _fetch_weights(args) -> None:
-    """Download a model card's pretrained file (pooch: retries, progress, temp name then rename)."""
+    """Download a model card's pretrained file (pooch: retries, progress, temp name then rename) and
+    check it against its recorded sha256."""
     import pooch
 
     from segbench.registry import get_card
@@ -103,6 +104,13 @@ def _fetch_weights(args) -> None:
         raise FileNotFoundError(
             f"could not download {source['url']} ({error}); download it by hand and save it as {out}"
         ) from None
+    from segbench.data.download import DownloadError, verify_archive
+
+    try:  # no published hash: the first download's is recorded in weights/sha256.lock and enforced after
+        verify_archive(out, {out.name: source["sha256"]} if source["sha256"] else {})
+    except DownloadError as error:
+        out.unlink()  # a file that fails its hash never stays where a good one is expected
+        raise ValueError(str(error)) from None
 
 
 def _models(args) -> None:
