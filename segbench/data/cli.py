@@ -143,7 +143,7 @@ def _guarded(handler):
                 OSError, ValueError, KeyError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             print(f"segbench data {args.data_command}: error: {message}", file=sys.stderr)
-            raise SystemExit(1) from None
+            raise SystemExit(2) from None
 
     return run
 
