@@ -64,6 +64,16 @@ def _difference(ours: float, paper_row: dict | None) -> float:
     return math.nan if paper_row is None or math.isnan(ours) else ours - paper_row["value"]
 
 
+def _fill_paper_ours_diff(row: dict, metric: str, paper_row: dict | None, estimate) -> tuple[float, float, float]:
+    """Fill the paper / ours (mean ± SD) / difference cells of one pooled metric; return mean, SD, difference."""
+    mean, sd = _percent(estimate.mean), _percent(estimate.sd)
+    difference = _difference(mean, paper_row)
+    row[f"{metric}_paper"] = ranked(paper_row["value_text"], paper_row["value"]) if paper_row else Cell()
+    row[f"{metric}_ours"] = ranked(fmt_mean_sd(mean, sd), mean)
+    row[f"{metric}_diff"] = Cell(fmt_signed(difference))
+    return mean, sd, difference
+
+
 def _record(ctx: Context, **fields) -> dict:
     cfg = ctx.results.cfg or {}
     record = {column: "" for column in CSV_COLUMNS}
@@ -169,12 +179,7 @@ def accuracy_table(ctx: Context, table: int) -> BuiltTable:
             for metric in POOLED_METRICS:
                 paper_row = ctx.paper.get((table, dataset, model, "", None, metric))
                 estimate = summary.pooled[metric] if summary else Estimate()
-                mean, sd = _percent(estimate.mean), _percent(estimate.sd)
-                difference = _difference(mean, paper_row)
-                pooled_row[f"{metric}_paper"] = (ranked(paper_row["value_text"], paper_row["value"]) if paper_row
-                                                 else Cell())
-                pooled_row[f"{metric}_ours"] = ranked(fmt_mean_sd(mean, sd), mean)
-                pooled_row[f"{metric}_diff"] = Cell(fmt_signed(difference))
+                mean, sd, difference = _fill_paper_ours_diff(pooled_row, metric, paper_row, estimate)
                 if paper_row or planned:
                     records.append(_record(
                         ctx, table=str(table), dataset=dataset, protocol=protocol or "", model=model,
@@ -356,12 +361,7 @@ def ablation_table(ctx: Context) -> BuiltTable:
             for metric in ("miou", "dsc"):
                 paper_row = ctx.paper.get((table, dataset, REFERENCE_MODEL, depth, ds, metric))
                 estimate = summary.pooled[metric] if summary else Estimate()
-                mean, sd = _percent(estimate.mean), _percent(estimate.sd)
-                difference = _difference(mean, paper_row)
-                pooled_row[f"{metric}_paper"] = (ranked(paper_row["value_text"], paper_row["value"]) if paper_row
-                                                 else Cell())
-                pooled_row[f"{metric}_ours"] = ranked(fmt_mean_sd(mean, sd), mean)
-                pooled_row[f"{metric}_diff"] = Cell(fmt_signed(difference))
+                mean, sd, difference = _fill_paper_ours_diff(pooled_row, metric, paper_row, estimate)
                 if paper_row or planned:
                     records.append(_record(
                         ctx, table=str(table), dataset=dataset, protocol=run_protocol or "", model=REFERENCE_MODEL,
