@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from segbench.data import load_cache
+from segbench.data import cache_file, load_cache
 from segbench.io import atomic_path, atomic_write, write_json
 from segbench.metrics import PooledConfusion, confusion, image_scores
 from segbench.registry import to_probabilities
@@ -61,7 +61,7 @@ def evaluate_run(model, card, cfg: dict, test_set: str, out_dir: str | Path, met
     out_dir = Path(out_dir)
     data_root = Path(cfg["data"]["root"])
     size, threshold = cfg["image_size"], cfg["evaluate"]["threshold"]
-    ids, images, masks = load_cache(data_root / "cache" / f"{test_set}_{size}.npz", "test")
+    ids, images, masks = load_cache(cache_file(data_root, test_set, size), "test")
     mask_dir = data_root / "processed" / test_set / "masks"
     batch_size = cfg["evaluate"]["batch_size"]
     pooled, rows, kept = PooledConfusion(), [], []

@@ -28,7 +28,7 @@ from segbench import manifest as run_manifest
 from segbench.checkpoint import (CheckpointError, UnsafeCheckpointError, checkpoint_exists, load_checkpoint,
                                  save_checkpoint)
 from segbench.config import variant_spec
-from segbench.data import load_cache
+from segbench.data import cache_file, load_cache
 from segbench.io import atomic_write
 from segbench.losses import BceDiceLoss
 from segbench.metrics import PooledConfusion
@@ -97,10 +97,6 @@ def configure_determinism(seed: int, deterministic: bool, num_threads: int | Non
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def cache_path(cfg: dict, dataset: str) -> Path:
-    return Path(cfg["data"]["root"]) / "cache" / f"{dataset}_{cfg['image_size']}.npz"
-
-
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
 
@@ -152,7 +148,7 @@ def _train_locked(cfg: dict, protocol: str, variant: str, seed: int, out_dir: Pa
     set_default_backend(cfg["scan_backend"])
     device = select_device(train_cfg["device"])
 
-    data_file = cache_path(cfg, train_dataset)
+    data_file = cache_file(cfg["data"]["root"], train_dataset, cfg["image_size"])
     _, train_images, train_masks = load_cache(data_file, "train")
     try:
         _, val_images, val_masks = load_cache(data_file, "val")

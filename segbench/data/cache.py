@@ -69,6 +69,11 @@ def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path,
     return len(rows)
 
 
+def cache_file(root: str | Path, dataset: str, size: int) -> Path:
+    """Where the resized cache of ``dataset`` at ``size`` pixels lives under the data root."""
+    return Path(root) / "cache" / f"{dataset}_{size}.npz"
+
+
 def load_cache(path: str | Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, images uint8 (N,S,S,3), masks uint8 (N,S,S) 0/255)`` of one split of a cache file."""
     path = Path(path)

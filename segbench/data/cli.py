@@ -73,9 +73,9 @@ def cmd_split(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from segbench.data.cache import build_cache
+    from segbench.data.cache import build_cache, cache_file
 
-    out = Path(args.out) if args.out else _root(args) / "cache" / f"{args.dataset}_{args.size}.npz"
+    out = Path(args.out) if args.out else cache_file(_root(args), args.dataset, args.size)
     split_file = _root(args) / "splits" / f"{args.dataset}.csv"
     count = build_cache(args.dataset, _processed(args), split_file, args.size, out,
                         progress=not args.no_progress, workers=args.workers)

@@ -208,11 +208,11 @@ def _load_pair(data_root: Path, dataset: str, image_id: str, size: int, cache: d
             rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
             truth = np.asarray(mask.convert("L").resize((size, size), Image.Resampling.NEAREST)) >= 128
         return rgb, truth
-    cache_path = data_root / "cache" / f"{dataset}_{size}.npz"
+    from segbench.data import cache_file, load_cache
+
+    cache_path = cache_file(data_root, dataset, size)
     if cache_path.exists():
         if cache_path not in cache:
-            from segbench.data import load_cache
-
             ids, images, masks = load_cache(cache_path, "test")
             cache[cache_path] = {str(i): (images[n], masks[n] >= 128) for n, i in enumerate(ids)}
         return cache[cache_path].get(image_id)

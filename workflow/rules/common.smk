@@ -3,6 +3,7 @@ import json
 import os
 
 from segbench.config import check_references, planned_runs, variant_spec
+from segbench.data import cache_file
 from segbench.io import atomic_write
 
 check_references(config, "--configfile")
@@ -35,8 +36,8 @@ def write_run_config():
         handle.write(text)
 
 
-def cache_file(dataset):
-    return f"{DATA_DIR}/cache/{dataset}_{config['image_size']}.npz"
+def cache_for(dataset):
+    return str(cache_file(DATA_DIR, dataset, config["image_size"]))
 
 
 def gpus_for(device):

@@ -2,7 +2,7 @@ rule evaluate:
     input:
         model=f"{RUN_DIR}/model.pt",
         manifest=f"{RUN_DIR}/manifest.json",
-        data=lambda wc: cache_file(wc.test_set),
+        data=lambda wc: cache_for(wc.test_set),
         prepared=f"{DATA_DIR}/processed/{{test_set}}/integrity.json",
     output:
         metrics=f"{RUN_DIR}/eval/{{test_set}}/metrics.json",

@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=lambda wc: cache_file(config["protocols"][wc.protocol]["train"]),
+        data=lambda wc: cache_for(config["protocols"][wc.protocol]["train"]),
         weights=lambda wc: pretrained_file(wc.variant),
     output:
         model=f"{RUN_DIR}/model.pt",
