@@ -9,10 +9,12 @@ CORES ?= 2
 .PHONY: install smoke test test-fast bench lint clean-smoke
 
 # torch goes in first, on its own: the CUDA build that also runs on CPU (see README, "Install").
-$(VENV)/.installed: pyproject.toml
+# requirements-nodeps.txt goes in last, without its own (conflicting) dependency pins.
+$(VENV)/.installed: pyproject.toml requirements-nodeps.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
 install: $(VENV)/.installed

@@ -147,3 +147,16 @@ def test_versions_quoted_in_the_readme_match_pyproject():
     wrong = [f"{name}=={version} (pyproject: {pins.get(canonicalize_name(name), 'absent')})"
              for name, version in quoted if pins.get(canonicalize_name(name)) != version]
     assert not wrong, f"{docs} quotes versions that pyproject.toml does not pin: {wrong}"
+
+
+def test_no_deps_requirements_are_installed_by_every_route():
+    """requirements-nodeps.txt (pins that conflict with pyproject's) is installed by the venv route
+    (Makefile) and by the rule environment's post-deploy script, each with --no-deps."""
+    pinned = exact_pins([line for line in (ROOT / "requirements-nodeps.txt").read_text().splitlines()
+                         if line.strip() and not line.startswith("#")], "requirements-nodeps.txt")
+    assert "pysodmetrics" in pinned, f"requirements-nodeps.txt: expected pysodmetrics, found {pinned}"
+    post_deploy = RULE_ENV.with_name(RULE_ENV.stem + ".post-deploy.sh")
+    assert os.access(post_deploy, os.X_OK), f"{post_deploy} is missing or not executable"
+    for where in (ROOT / "Makefile", post_deploy):
+        assert re.search(r"pip install .*--no-deps -r requirements-nodeps\.txt", where.read_text()), (
+            f"{where} does not run `pip install --no-deps -r requirements-nodeps.txt`")
