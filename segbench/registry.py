@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 OUTPUT_KINDS = ("logits", "probabilities")
+TRAIN_OUTPUTS = ("one", "heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,10 @@ class ModelCard:
     paper: str
     origin: str
     output: str = "logits"
+    # "heads": in train mode the model returns a list of maps (B, 1, H, W), each at the input size, and
+    # the trainer applies the recipe's loss to each and sums them (deep supervision as its authors
+    # trained it); in eval mode it returns the one map that is scored.
+    train_output: str = "one"
     input_divisor: int = 32
     needs_mamba_ssm: bool = False
     pretrained: dict | None = None
@@ -38,6 +43,8 @@ class ModelCard:
     def __post_init__(self):
         if self.output not in OUTPUT_KINDS:
             raise ValueError(f"ModelCard.output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        if self.train_output not in TRAIN_OUTPUTS:
+            raise ValueError(f"ModelCard.train_output must be one of {TRAIN_OUTPUTS}, got {self.train_output!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +126,36 @@ def get_card(name: str) -> ModelCard:
     return _entry(name).card
 
 
+def model_source(name: str) -> str:
+    """The file that registered ``name`` (for error messages that send the user to it)."""
+    return _entry(name).source
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; kwargs set to None are dropped (the entrypoint's default wins)."""
     return _entry(name).builder(**{key: value for key, value in kwargs.items() if value is not None})
+
+
+class OutputKindError(ValueError):
+    """A model's outputs contradict its card's ``output`` field."""
+
+
+def check_output_kind(name: str, output: torch.Tensor) -> None:
+    """Compare a first batch's output with the card: a ``probabilities`` model must stay in [0, 1]
+    (else an error), a ``logits`` model entirely in [0, 1] is probably a probability model (a warning:
+    the loss would apply a second sigmoid)."""
+    card = get_card(name)
+    low, high = float(output.min()), float(output.max())
+    in_unit_interval = 0.0 <= low and high <= 1.0
+    if card.output == "probabilities" and not in_unit_interval:
+        raise OutputKindError(
+            f"{model_source(name)}: model {name!r} returned values in [{low:.4g}, {high:.4g}] but its card says "
+            f"output='probabilities'; set ModelCard(output='logits') or end the model with a sigmoid")
+    if card.output == "logits" and in_unit_interval:
+        warnings.warn(
+            f"{model_source(name)}: model {name!r} returned only values in [0, 1] on the first batch but its card "
+            f"says output='logits' (a sigmoid will be applied on top); if it returns probabilities, set "
+            f"ModelCard(output='probabilities')", stacklevel=2)
 
 
 def to_probabilities(output: torch.Tensor, card: ModelCard) -> torch.Tensor:
