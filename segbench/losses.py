@@ -5,8 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_PROBABILITY_EPS = 1e-7
-
 
 class BceDiceLoss(nn.Module):
     """``bce_weight * BCE + dice_weight * (1 - Dice)``.
@@ -14,7 +12,9 @@ class BceDiceLoss(nn.Module):
     BCE is the mean over pixels; Dice is per sample ``(2*sum(p*t) + 1) / (sum(p) + sum(t) + 1)``
     averaged over the batch (smooth 1). ``output_kind`` says what the model returns, so the loss
     never applies a second sigmoid to probabilities: logits go through the numerically stable
-    ``binary_cross_entropy_with_logits``.
+    ``binary_cross_entropy_with_logits``; probabilities go through ``binary_cross_entropy``, which is
+    ``nn.BCELoss`` of the official code (each log clamped at -100, the probabilities themselves
+    untouched, so a confidently wrong pixel keeps its gradient), and Dice sees them unclamped too.
     """
 
     def __init__(self, output_kind: str, bce_weight: float = 1.0, dice_weight: float = 1.0):
@@ -32,7 +32,7 @@ class BceDiceLoss(nn.Module):
             bce = F.binary_cross_entropy_with_logits(output, target)
             probabilities = torch.sigmoid(output)
         else:
-            probabilities = output.clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+            probabilities = output
             bce = F.binary_cross_entropy(probabilities, target)
         flat_p = probabilities.flatten(1)
         flat_t = target.flatten(1)
