@@ -2,9 +2,9 @@
 fvcore counting, and (on a GPU with mamba_ssm) the cuda backend against the torch backend."""
 import json
 import os
-import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from segbench.nn.selective_scan import (
     selective_scan_fn,
 )
 
-HAS_COMPILER = bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"))
+HAS_COMPILER = scan._compiler() is not None
 IMPLEMENTATIONS = [
     pytest.param("kernel", marks=pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for the CPU kernel")),
     "chunked",
@@ -200,6 +200,63 @@ def test_low_precision_inputs_compute_in_float32():
     assert inputs["B"].grad.dtype == torch.bfloat16
 
 
+def test_kernel_source_compiles_without_warnings(tmp_path):
+    """Every build variant, with its own flags plus -Werror: a warning fails the test."""
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler for the CPU kernel")
+    assert {"-Wall", "-Wextra"} <= set(scan._KERNEL_FLAGS)
+    source = tmp_path / "selective_scan_cpu.cpp"
+    source.write_text(scan._kernel_source())
+    for flags, _ in scan._build_variants():
+        command = [scan._compiler(), *flags, "-Werror", "-c", str(source), "-o", str(tmp_path / "kernel.o")]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"`{' '.join(command)}`:\n{result.stderr[-4000:]}"
+
+
+def test_kernel_cache_key_follows_the_source(tmp_path, monkeypatch):
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler for the CPU kernel")
+    monkeypatch.setenv("SEGBENCH_CACHE_DIR", str(tmp_path))
+    flags, libs = scan._build_variants()[-1]
+    source = scan._kernel_source()
+    built = [scan._build_library(text, scan._compiler(), "version", flags, libs) for text in (source, source + "// edited\n")]
+    (library, error), (edited_library, edited_error) = built
+    assert error is None and edited_error is None, error or edited_error
+    assert library != edited_library and library.exists() and edited_library.exists()
+    assert library.parent == tmp_path / "scan_kernel"
+    assert scan._build_library(source, scan._compiler(), "version", flags, libs) == (library, None)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_kernel_source(project_copy, tmp_path):
+    """A non-editable install builds the kernel from the .cpp in its own package data."""
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler for the CPU kernel")
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "--quiet"]
+
+    def run_pip(*args):
+        result = subprocess.run(pip + list(args), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"pip {' '.join(args)}:\n{result.stderr[-4000:]}"
+
+    run_pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(project_copy))
+    (wheel,) = wheels.glob("segbench-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "segbench/nn/csrc/selective_scan_cpu.cpp" in archive.namelist()
+        shipped = archive.read("segbench/nn/csrc/selective_scan_cpu.cpp").decode()
+    assert shipped == scan._kernel_source()
+    run_pip("install", "--no-deps", "--target", str(site), str(wheel))
+    code = "import json, segbench.nn.selective_scan as s; print(json.dumps([s.__file__, s.kernel_status()]))"
+    env = dict(os.environ, PYTHONPATH=str(site), SEGBENCH_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    module_file, (available, detail) = json.loads(result.stdout)
+    assert module_file.startswith(str(site)), module_file
+    assert available, detail
+    assert detail.startswith(str(tmp_path / "cache")), detail
+
+
 def test_kernel_keeps_denormals():
     """The kernel is built without -ffast-math, whose startup code flushes denormals process-wide."""
     if not HAS_COMPILER:
@@ -226,6 +283,21 @@ def test_missing_compiler_falls_back_with_a_warning(tmp_path):
     assert implementation == "chunked"
     assert "no-such-compiler" in status
     assert any("chunked pure-PyTorch scan" in message for message in messages)
+
+
+def test_missing_kernel_source_is_explained(project_copy):
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler: the kernel source is never read")
+    (project_copy / "segbench" / "nn" / "csrc" / "selective_scan_cpu.cpp").unlink()
+    code = "import json, segbench.nn.selective_scan as s; print(json.dumps([s.__file__, s.kernel_status()]))"
+    env = dict(os.environ, PYTHONPATH=str(project_copy), SEGBENCH_CACHE_DIR=str(project_copy / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=project_copy, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    module_file, (available, detail) = json.loads(result.stdout)
+    assert module_file.startswith(str(project_copy)), module_file
+    assert not available
+    assert "segbench.nn/csrc/selective_scan_cpu.cpp cannot be read" in detail and "reinstall segbench" in detail
 
 
 def test_kernel_request_without_kernel_is_an_error(tmp_path):
