@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -126,6 +127,11 @@ def get_card(name: str) -> ModelCard:
     return _entry(name).card
 
 
+def accepts_pretrained(name: str) -> bool:
+    """Whether the model's builder takes a ``pretrained`` weight file (segbench.pretrained loads it)."""
+    return "pretrained" in inspect.signature(_entry(name).builder).parameters
+
+
 def model_source(name: str) -> str:
     """The file that registered ``name`` (for error messages that send the user to it)."""
     return _entry(name).source
@@ -145,7 +151,7 @@ def check_output_kind(name: str, output: torch.Tensor) -> None:
     (else an error), a ``logits`` model entirely in [0, 1] is probably a probability model (a warning:
     the loss would apply a second sigmoid)."""
     card = get_card(name)
-    low, high = float(output.min()), float(output.max())
+    low, high = float(output.detach().min()), float(output.detach().max())
     in_unit_interval = 0.0 <= low and high <= 1.0
     if card.output == "probabilities" and not in_unit_interval:
         raise OutputKindError(
