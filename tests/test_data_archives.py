@@ -66,12 +66,59 @@ def test_tar_traversal_and_escaping_links_are_refused(tmp_path):
         ArchiveReader(_tar(tmp_path / "b.tar.gz", symlink))
 
 
-def test_zip_bomb_guard_counts_declared_uncompressed_size(tmp_path):
-    path = _zip(tmp_path / "big.zip", {"a/b.png": b"\0" * 100_000})
-    with pytest.raises(UnsafeArchiveError, match="zip bomb guard"):
-        ArchiveReader(path, max_uncompressed=50_000)
-    with ArchiveReader(path, max_uncompressed=200_000) as reader:
+def test_zip_bomb_guard_caps_the_total_and_each_member(tmp_path):
+    path = _zip(tmp_path / "big.zip", {"a/b.png": b"\0" * 100_000, "a/c.png": b"\0" * 10})
+    with pytest.raises(UnsafeArchiveError, match="over the total cap of 50000 bytes .*zip bomb guard"):
+        ArchiveReader(path, max_total=50_000)
+    with pytest.raises(UnsafeArchiveError, match=r"member 'a/b.png' declares 100000 bytes .* per-member cap of 60000"):
+        ArchiveReader(path, max_member=60_000)
+    with ArchiveReader(path, max_total=200_000, max_member=100_000) as reader:
         assert reader.read("a/b.png") == b"\0" * 100_000
+
+
+def test_reading_stops_at_the_cap_whatever_the_header_says(tmp_path):
+    path = _zip(tmp_path / "big.zip", {"a/b.png": b"\0" * 100_000, "a/c.png": b"\0" * 60_000})
+    with ArchiveReader(path) as reader:
+        reader.max_member = 40_000  # as if the header had declared less than the member holds
+        with pytest.raises(UnsafeArchiveError, match="member 'a/b.png' unpacks to more than 40000 bytes"):
+            reader.read("a/b.png")
+    with ArchiveReader(path, max_total=200_000) as reader:
+        reader.read("a/b.png")
+        reader.max_total = 150_000
+        with pytest.raises(UnsafeArchiveError, match="more than 150000 bytes .* in total.* at member 'a/c.png'"):
+            reader.read("a/c.png")
+
+
+def _unpack_all(path):
+    with ArchiveReader(path) as reader:
+        reader.check_members()
+
+
+def _spoil(path, start, length):
+    raw = bytearray(path.read_bytes())
+    raw[start : start + length] = bytes(b ^ 0xFF for b in raw[start : start + length])
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_members_are_named(tmp_path):
+    data = bytes(range(256)) * 40
+    data_offset = 30 + len("a/b.png")  # after the zip local header, which holds the name
+    for compression, tail in ((zipfile.ZIP_STORED, "Bad CRC-32"), (zipfile.ZIP_DEFLATED, "")):
+        path = tmp_path / f"{compression}.zip"
+        with zipfile.ZipFile(path, "w", compression) as archive:
+            archive.writestr("a/b.png", data)
+        _spoil(path, data_offset + 100 if compression == zipfile.ZIP_STORED else data_offset + 2, 8)
+        with pytest.raises(ArchiveReadError, match=rf"{path}: member 'a/b.png' is corrupt .*{tail}"):
+            _unpack_all(path)
+
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as archive:
+        _tar_file(archive, "a/a.png", b"first")
+        _tar_file(archive, "a/b.png", data)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[: 3 * 512 + len(data) // 2])
+    with pytest.raises(ArchiveReadError, match=rf"{cut}: member 'a/b.png' is cut short"):
+        _unpack_all(cut)
 
 
 def test_truncated_or_foreign_files_are_not_archives(tmp_path):
@@ -79,7 +126,7 @@ def test_truncated_or_foreign_files_are_not_archives(tmp_path):
     (tmp_path / "half.zip").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "page.zip").write_text("<html>Google Drive - Virus scan warning</html>")
     for name in ("half.zip", "page.zip"):
-        with pytest.raises(ArchiveReadError, match="download again"):
+        with pytest.raises(ArchiveReadError, match="download it again"):
             ArchiveReader(tmp_path / name)
 
 

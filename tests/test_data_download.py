@@ -65,17 +65,20 @@ def test_connection_always_cut_gives_a_clear_error_and_keeps_nothing(served, tmp
     with pytest.raises(DownloadError) as error:
         download_archive("TrainDataset.zip", raw, retries=0, progress=False)
     text = str(error.value)
-    assert "could not download TrainDataset.zip" in text and "Nothing was kept" in text
+    assert "\n" not in text and text.startswith(f"{raw / 'TrainDataset.zip'}: could not download TrainDataset.zip")
+    assert "nothing was kept" in text
     assert f"save it as {raw / 'TrainDataset.zip'}" in text
     assert _only_the_lock_in(raw) and LOCK_NAME not in [p.name for p in raw.iterdir()]
 
 
-def test_checksum_mismatch_is_refused(served, tmp_path, monkeypatch):
-    server, _ = served
+def test_checksum_mismatch_is_refused_and_not_retried(served, tmp_path, monkeypatch):
+    server, archive = served
     monkeypatch.setenv("SEGBENCH_MIRROR", server.url)
     raw = tmp_path / "raw"
-    with pytest.raises(DownloadError, match="does not match the known hash"):
-        download_archive("TrainDataset.zip", raw, sha256="0" * 64, retries=0, progress=False)
+    with pytest.raises(DownloadError, match=rf"not retried: its sha256 is {_sha256(archive)}\); "
+                                            rf"data.sha256.TrainDataset.zip in the config expects {'0' * 64}"):
+        download_archive("TrainDataset.zip", raw, sha256="0" * 64, retries=2, progress=False)
+    assert server.requests == ["TrainDataset.zip"]
     assert not (raw / "TrainDataset.zip").exists() and _only_the_lock_in(raw)
 
 
@@ -85,7 +88,7 @@ def test_missing_file_and_error_pages_are_refused(served, tmp_path, monkeypatch)
     with pytest.raises(DownloadError, match="404"):
         download_archive("TestDataset.zip", tmp_path / "raw", retries=0, progress=False)
     (server.directory / "isic_vmunet.zip").write_text("<html>quota exceeded</html>")
-    with pytest.raises(DownloadError, match="not a zip or tar archive"):
+    with pytest.raises(DownloadError, match="is refused and nothing was kept: not an archive"):
         download_archive("isic_vmunet.zip", tmp_path / "raw", retries=0, progress=False)
     assert not (tmp_path / "raw" / "isic_vmunet.zip").exists()
 
@@ -94,7 +97,7 @@ def test_hand_placed_archive_is_verified_against_config_and_lock(tmp_path):
     raw = tmp_path / "raw"
     placed = write_zip(raw / "TestDataset.zip", {"TestDataset/Kvasir/images/a.png": b"x"})
     assert verify_archive(placed, {}) == read_lock(raw)["TestDataset.zip"]
-    with pytest.raises(DownloadError, match=r"from data.sha256.TestDataset.zip in the config"):
+    with pytest.raises(DownloadError, match=rf"data.sha256.TestDataset.zip in the config expects {'1' * 64}"):
         verify_archive(placed, {"TestDataset.zip": "1" * 64})
     placed.write_bytes(placed.read_bytes() + b"tail")
     with pytest.raises(DownloadError, match=LOCK_NAME):

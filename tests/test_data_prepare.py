@@ -4,6 +4,7 @@ These call the library directly (fast); tests/test_data_workflow.py drives the s
 the Snakemake rules and the HTTP mirror.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,33 +68,62 @@ def test_official_isic_zips_skip_superpixels_and_metadata(tmp_path):
 def test_count_differing_from_the_registry_stops(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "processed"
     real_layout_archives(raw)
-    with pytest.raises(PrepareError, match=r"found 2 image/mask pairs, expected 100"):
+    with pytest.raises(PrepareError, match=rf"^{raw / 'TestDataset.zip'}: wrong number of image/mask pairs for kvasir "
+                                           r"\(expected 100, .* found 2\); if this is the source you want, set "
+                                           r"data.expected_counts.kvasir: 2"):
         _prepare(raw, out, "kvasir", expected_count=None)
     _assert_nothing_prepared(out)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m.pop(f"{KVASIR}/masks/{FIRST}.png"), rf"image TestDataset.zip:{KVASIR}/images/{FIRST}.png has no mask"),
-    (lambda m: m.pop(f"{KVASIR}/images/{FIRST}.png"), rf"mask TestDataset.zip:{KVASIR}/masks/{FIRST}.png has no image"),
-    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", encode(np.zeros((5, 7), np.uint8))),
-     rf"mask TestDataset.zip:{KVASIR}/masks/{FIRST}.png is 7x5 \(width x height\) but its image"),
-    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", gradient_like(m[f"{KVASIR}/masks/{FIRST}.png"])),
-     rf"mask TestDataset.zip:{KVASIR}/masks/{FIRST}.png is not binary"),
-    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", b""), rf"mask TestDataset.zip:{KVASIR}/masks/{FIRST}.png is empty \(0 bytes\)"),
-    (lambda m: m.__setitem__(f"{KVASIR}/images/{FIRST}.png", m[f"{KVASIR}/images/{FIRST}.png"][:60]),
-     rf"image TestDataset.zip:{KVASIR}/images/{FIRST}.png cannot be read"),
-    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.tif", m[f"{KVASIR}/masks/{FIRST}.png"]), "several masks for id"),
+IMAGE = f"TestDataset.zip:{KVASIR}/images/{FIRST}.png"
+MASK = f"TestDataset.zip:{KVASIR}/masks/{FIRST}.png"
+
+
+@pytest.mark.parametrize("change, file, message", [
+    (lambda m: m.pop(f"{KVASIR}/masks/{FIRST}.png"), IMAGE,
+     rf"image has no mask \(expected {FIRST}.png/tif/.* in .*masks/, found none\)"),
+    (lambda m: m.pop(f"{KVASIR}/images/{FIRST}.png"), MASK, "mask has no image"),
+    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", encode(np.zeros((5, 7), np.uint8))), MASK,
+     rf"mask size differs from its image .*{IMAGE} \(expected 26x20 \(width x height\), found 7x5\)"),
+    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", gradient_like(m[f"{KVASIR}/masks/{FIRST}.png"])), MASK,
+     r"mask is not binary \(expected 0/255 with at most 5% .* found \d+.\d%\)"),
+    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.png", b""), MASK,
+     r"mask is empty \(expected an encoded image, found 0 bytes\)"),
+    (lambda m: m.__setitem__(f"{KVASIR}/images/{FIRST}.png", m[f"{KVASIR}/images/{FIRST}.png"][:60]), IMAGE,
+     r"image cannot be decoded \(expected PNG, JPEG, BMP or TIFF, found OSError"),
+    (lambda m: m.__setitem__(f"{KVASIR}/masks/{FIRST}.tif", m[f"{KVASIR}/masks/{FIRST}.png"]), MASK,
+     "several masks for id"),
     (lambda m: m.__setitem__(f"{KVASIR}/images/{FIRST.upper()}.png", m[f"{KVASIR}/images/{FIRST}.png"]),
-     "differ only in case"),
+     f"TestDataset.zip:{KVASIR}/images/{FIRST}.png", "differ only in case"),
 ], ids=["mask-missing", "image-missing", "mask-wrong-size", "mask-not-binary", "zero-byte", "truncated-image",
         "two-masks", "case-only"])
-def test_bad_inputs_stop_with_a_message_naming_the_file(tmp_path, change, message):
+def test_bad_inputs_stop_with_one_line_that_starts_with_the_file(tmp_path, change, file, message):
     raw, out = tmp_path / "raw", tmp_path / "processed"
     _test_archive(raw, change)
-    with pytest.raises(PrepareError, match=message) as error:
+    with pytest.raises(PrepareError) as error:
         _prepare(raw, out)
-    assert "rule prepare (kvasir)" in str(error.value)
+    text = str(error.value)
+    assert "\n" not in text
+    assert text.startswith(f"{raw / file}: "), text
+    assert re.search(message, text), text
+    assert "nothing was prepared for kvasir" in text
     _assert_nothing_prepared(out)
+
+
+def test_several_problems_are_counted_on_the_same_line(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "processed"
+
+    def change(members):
+        members.pop(f"{KVASIR}/masks/{FIRST}.png")
+        members.pop(f"{KVASIR}/images/cju0s690hkp960855tjuaqvv0.png")
+
+    _test_archive(raw, change)
+    with pytest.raises(PrepareError) as error:
+        _prepare(raw, out)
+    text = str(error.value)
+    assert "\n" not in text and text.startswith(f"{raw / IMAGE}: image has no mask"), text
+    assert f"(1 more problem(s): {raw}/TestDataset.zip:{KVASIR}/masks/cju0s690hkp960855tjuaqvv0.png: mask has no image" \
+        in text
 
 
 def test_conversions_are_noted_and_artefacts_thresholded_with_a_warning(tmp_path):
@@ -136,7 +166,9 @@ def test_archive_changed_after_its_hash_was_locked_stops(tmp_path):
     real_layout_archives(raw)
     _prepare(raw, out, "etis")
     _test_archive(raw, lambda m: m.pop(f"{KVASIR}/masks/{FIRST}.png"))
-    with pytest.raises(PrepareError, match=rf"sha256 is [0-9a-f]{{64}}, expected [0-9a-f]{{64}} \(from .*{LOCK_NAME}\)"):
+    with pytest.raises(PrepareError, match=rf"^{raw / 'TestDataset.zip'}: sha256 is [0-9a-f]{{64}}, not the expected one; "
+                                           rf"{raw / LOCK_NAME} locks TestDataset.zip to [0-9a-f]{{64}} .* remove the "
+                                           rf"line '[0-9a-f]{{64}}  TestDataset.zip' from {raw / LOCK_NAME}"):
         _prepare(raw, out, "cvc300")
     assert not (out / "cvc300").exists() and (out / "etis" / "integrity.json").exists()
 
@@ -145,7 +177,7 @@ def test_missing_archive_says_what_to_place_where(tmp_path):
     with pytest.raises(PrepareError) as error:
         _prepare(tmp_path / "raw", tmp_path / "processed", "polyp_train")
     text = str(error.value)
-    assert f"{tmp_path / 'raw' / 'TrainDataset.zip'} is missing" in text
+    assert text.startswith(f"{tmp_path / 'raw' / 'TrainDataset.zip'}: missing")
     assert "https://drive.google.com/file/d/1YiGHLw4iTvKdvbT6MgwO9zcCv8zJ_Bnb/view" in text
 
 

@@ -102,7 +102,8 @@ def test_checksum_mismatch_and_dead_connections_leave_nothing_marked_done(tmp_pa
         server.cuts["TestDataset.zip"] = 99
         output = _snakemake(work, server.url, "data/processed/polyp_train/integrity.json",
                             "data/processed/kvasir/integrity.json", expect_ok=False)
-    assert "does not match the known hash" in output and "0" * 64 in output
+    assert "data/raw/TrainDataset.zip: the file downloaded from" in output
+    assert f"data.sha256.TrainDataset.zip in the config expects {'0' * 64}" in output
     assert "could not download TestDataset.zip" in output and "Connection broken" in output
     assert "save it as data/raw/TestDataset.zip" in output
     assert _leftovers(work) == []
@@ -138,10 +139,10 @@ def test_bad_archives_stop_preparation_with_the_file_named(tmp_path):
         output = _snakemake(work, server.url, *(f"data/splits/{d}.csv" for d in ("kvasir", "polyp_train", "isic17")),
                             expect_ok=False)
     assert "'TestDataset/../../escaped.png' contains '..' and would escape the target folder" in output
-    assert "mask TrainDataset.zip:TrainDataset/masks/1.png is not binary" in output
-    assert "mask TrainDataset.zip:TrainDataset/masks/2.png is 9x9 (width x height) but its image" in output
-    assert "image isic_vmunet.zip:data/isic2017/val/images/ISIC_0000004.png has no mask" in output
-    assert "rule prepare (polyp_train)" in output
+    assert "data/raw/TrainDataset.zip:TrainDataset/masks/1.png: mask is not binary" in output
+    assert "data/raw/TrainDataset.zip:TrainDataset/masks/2.png: mask size differs from its image" in output
+    assert "data/raw/isic_vmunet.zip:data/isic2017/val/images/ISIC_0000004.png: image has no mask" in output
+    assert "nothing was prepared for polyp_train (rule prepare)" in output
     assert not (work / "escaped.png").exists() and not (tmp_path / "escaped.png").exists()
     assert [p for p in _leftovers(work) if not p.startswith("raw/")] == []
 

@@ -11,6 +11,8 @@ of about one pixel; see docs/data.md).
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,13 @@ import numpy as np
 from segbench.data.registry import SPLITS
 
 
+ARRAYS = ("ids", "split", "images", "masks")
+# What np.load raises on a file that is not a readable .npz (cut short, another format, pickled objects).
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 class CacheError(ValueError):
-    """The cache file is missing, malformed, or has no rows for the requested split."""
+    """The cache file is missing, malformed, or has no rows for the requested split; the message names it first."""
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +49,8 @@ def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path,
     processed_dir = Path(processed_dir)
     rows = read_split(split_file)
     if not rows:
-        raise CacheError(f"{split_file} has no rows; re-run the split for {dataset}")
+        raise CacheError(f"{split_file}: no rows (expected one per prepared pair, found 0); re-run the split for "
+                         f"{dataset}")
     images = np.empty((len(rows), size, size, 3), np.uint8)
     masks = np.empty((len(rows), size, size), np.uint8)
 
@@ -50,10 +58,11 @@ def build_cache(dataset: str, processed_dir: str | Path, split_file: str | Path,
         pair = []
         for kind in ("image", "mask"):
             path = processed_dir / f"{kind}s" / f"{row['id']}.png"
-            if not path.exists() or sha256_file(path) != row[f"{kind}_sha256"]:
+            found = sha256_file(path) if path.exists() else "no file"
+            if found != row[f"{kind}_sha256"]:
                 raise CacheError(
-                    f"{path} does not match {split_file} (missing or changed after the split was made); "
-                    f"re-run the prepare and split steps for {dataset}"
+                    f"{path}: does not match {split_file} (expected sha256 {row[f'{kind}_sha256']}, found {found}: "
+                    f"missing or changed after the split was made); re-run the prepare and split steps for {dataset}"
                 )
             with Image.open(path) as handle:
                 pair.append(np.asarray(handle.convert("RGB" if kind == "image" else "L")))
@@ -81,19 +90,43 @@ def load_cache(path: str | Path, split: str) -> tuple[list[str], np.ndarray, np.
         raise CacheError(f"split must be one of {SPLITS}, got {split!r}")
     if not path.exists():
         raise CacheError(
-            f"cache file {path} does not exist; build it with `snakemake {path}` "
+            f"{path}: cache file does not exist; build it with `snakemake {path}` "
             "(or `segbench data cache DATASET --size S`)"
         )
+    rebuild = f"delete it and rebuild it (`snakemake {path}` or `segbench data cache DATASET --size S`)"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            found = "an .npy array file" if handle.read(6) == b"\x93NUMPY" else "another kind of file"
+        raise CacheError(f"{path}: is not a segbench cache (expected an .npz archive of {', '.join(ARRAYS)}, found "
+                         f"{found}); {rebuild}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            splits = archive["split"]
-            keep = splits == split
-            if not keep.any():
-                found = {name: int((splits == name).sum()) for name in SPLITS if (splits == name).any()}
-                raise CacheError(f"{path} has no {split!r} rows (it has {found}); check the dataset's split rule")
-            ids = [str(i) for i in archive["ids"][keep]]
-            return ids, archive["images"][keep], archive["masks"][keep]
+            missing = [name for name in ARRAYS if name not in archive.files]
+            if missing:
+                raise CacheError(f"{path}: is not a segbench cache (expected arrays {', '.join(ARRAYS)}, found "
+                                 f"{', '.join(archive.files) or 'none'}); {rebuild}")
+            ids, splits, images, masks = (archive[name] for name in ARRAYS)
     except CacheError:
         raise
-    except (KeyError, ValueError, OSError) as error:
-        raise CacheError(f"{path} is not a segbench cache ({error}); delete it and rebuild it") from None
+    except UNREADABLE as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise CacheError(f"{path}: is not a segbench cache (expected a readable .npz archive, found {reason}); "
+                         f"{rebuild}") from None
+    _check_shapes(path, ids, splits, images, masks, rebuild)
+    keep = splits == split
+    if not keep.any():
+        found = {name: int((splits == name).sum()) for name in SPLITS if (splits == name).any()}
+        raise CacheError(f"{path}: no {split!r} rows (expected some, found {found}); check the dataset's split rule")
+    return [str(i) for i in ids[keep]], images[keep], masks[keep]
+
+
+def _check_shapes(path: Path, ids, splits, images, masks, rebuild: str) -> None:
+    count = len(ids)
+    expected = f"ids and split (N,), images uint8 (N,S,S,3), masks uint8 (N,S,S) with N={count}"
+    found = (f"ids {ids.shape}, split {splits.shape}, images {images.dtype} {images.shape}, "
+             f"masks {masks.dtype} {masks.shape}")
+    good = (ids.ndim == 1 and splits.shape == (count,) and images.dtype == masks.dtype == np.uint8
+            and images.ndim == 4 and images.shape[0] == count and images.shape[3] == 3
+            and masks.shape == images.shape[:3] and images.shape[1] == images.shape[2])
+    if not good:
+        raise CacheError(f"{path}: is not a segbench cache (expected {expected}, found {found}); {rebuild}")

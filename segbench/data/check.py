@@ -8,6 +8,10 @@ import numpy as np
 
 from segbench.data.registry import get_dataset
 
+REPORT_KEYS = ("dataset", "title", "source", "archives", "n_pairs", "expected_count", "counts_by_source_split",
+               "height_range", "width_range", "n_empty_masks", "n_masks_thresholded", "conversions", "terms",
+               "checks", "warnings", "items")
+
 
 def check_dataset(dataset: str, root: str | Path) -> tuple[dict, list[str]]:
     """The integrity report and the problems found now (missing/extra/changed files, non-binary masks)."""
@@ -21,27 +25,39 @@ def check_dataset(dataset: str, root: str | Path) -> tuple[dict, list[str]]:
     report_path = folder / "integrity.json"
     if not report_path.exists():
         raise FileNotFoundError(
-            f"{report_path} is missing: {dataset} is not prepared (run `snakemake {report_path}` or "
-            f"`segbench data prepare {dataset}`)"
+            f"{report_path}: missing, so {dataset} is not prepared; run `snakemake {report_path}` or "
+            f"`segbench data prepare {dataset}`"
         )
-    report = json.loads(report_path.read_text())
+    try:
+        report = json.loads(report_path.read_text())
+        missing = [key for key in REPORT_KEYS if key not in report]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        listed = {item["id"]: item for item in report["items"]}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{report_path}: not a segbench integrity report (expected the JSON that `segbench data "
+                         f"prepare` writes, found {type(error).__name__}: {error}); re-prepare {dataset}") from None
     problems = []
-    listed = {item["id"]: item for item in report["items"]}
     for kind in ("images", "masks"):
         present = {path.stem for path in (folder / kind).glob("*.png")}
-        problems += [f"{folder / kind / (i + '.png')} is listed in {report_path} but missing" for i in sorted(set(listed) - present)]
-        problems += [f"{folder / kind / (i + '.png')} is not listed in {report_path}" for i in sorted(present - set(listed))]
+        problems += [f"{folder / kind / (i + '.png')}: missing (listed in {report_path})"
+                     for i in sorted(set(listed) - present)]
+        problems += [f"{folder / kind / (i + '.png')}: not listed in {report_path}" for i in sorted(present - set(listed))]
     for identifier, item in listed.items():
         mask_path = folder / "masks" / f"{identifier}.png"
         if not mask_path.exists():
             continue
-        with Image.open(mask_path) as mask:
-            values = np.asarray(mask)
-        if values.shape != (item["height"], item["width"]):
-            problems.append(f"{mask_path} is {values.shape[1]}x{values.shape[0]}, the report says "
-                            f"{item['width']}x{item['height']}")
+        try:
+            with Image.open(mask_path) as mask:
+                values = np.asarray(mask)
+        except OSError as error:
+            problems.append(f"{mask_path}: cannot be read as an image ({type(error).__name__}: {error})")
+            continue
+        if values.shape != (item.get("height"), item.get("width")):
+            problems.append(f"{mask_path}: wrong size (expected {item.get('width')}x{item.get('height')} as "
+                            f"{report_path} says, found {values.shape[1] if values.ndim > 1 else '?'}x{values.shape[0]})")
         elif not np.isin(values, (0, 255)).all():
-            problems.append(f"{mask_path} has values other than 0/255")
+            problems.append(f"{mask_path}: not binary (expected values 0/255, found others)")
     split_path = Path(root) / "splits" / f"{dataset}.csv"
     report["split_file"] = str(split_path) if split_path.exists() else None
     if split_path.exists():
@@ -56,7 +72,7 @@ def check_dataset(dataset: str, root: str | Path) -> tuple[dict, list[str]]:
             for kind in ("image", "mask"):
                 path = folder / f"{kind}s" / f"{row['id']}.png"
                 if path.exists() and sha256_file(path) != row[f"{kind}_sha256"]:
-                    problems.append(f"{path} changed after {split_path} was written (sha256 differs)")
+                    problems.append(f"{path}: changed after {split_path} was written (sha256 differs)")
         report["split_counts"] = counts
     return report, problems
 

@@ -1,8 +1,8 @@
 """``segbench data ...``: download, prepare, split, cache, check, synthesize, sources.
 
 The top-level CLI plugs this in with ``segbench.data.cli.add_subparsers(subparsers)``; every
-subcommand sets ``handler`` (``args.handler(args)``: returns on success, prints the error and exits
-with status 1 on failure). ``python -m segbench.data.cli data ...`` runs the same commands.
+subcommand sets ``handler`` (``args.handler(args)``: returns on success; on failure prints the error,
+one line that starts with the offending file, and exits with status 2). ``python -m segbench.data.cli data ...`` runs the same commands.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def cmd_download(args) -> None:
     from segbench.data.download import download_archive
 
     path = download_archive(args.archive, _root(args) / "raw", url=args.url, sha256=args.sha256,
-                            retries=args.retries, progress=not args.no_progress)
+                            retries=args.retries, progress=not args.no_progress,
+                            **_caps(args))
     print(f"{path}: ok")
 
 
@@ -57,7 +58,8 @@ def cmd_prepare(args) -> None:
         report = prepare_real(
             args.dataset, _root(args) / "raw", out, isic_split=args.isic_split,
             known_hashes=_hash_pairs(args.sha256), expected_count=args.expected_count,
-            max_uncompressed=args.max_uncompressed, progress=not args.no_progress, workers=args.workers,
+            max_uncompressed=args.max_uncompressed, max_member=args.max_member, progress=not args.no_progress,
+            workers=args.workers,
         )
     print(f"{out}: {report['n_pairs']} pairs prepared ({len(report['warnings'])} warning(s))")
     for warning in report["warnings"]:
@@ -115,6 +117,21 @@ def cmd_sources(args) -> None:
         print(f"{raw / archive.name} [{state}] <- {archive.manual_url} (size: {archive.approx_size})")
 
 
+def _caps(args) -> dict:
+    from segbench.data.archives import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES
+
+    return {"max_total": args.max_uncompressed or MAX_TOTAL_BYTES, "max_member": args.max_member or MAX_MEMBER_BYTES}
+
+
+def _add_caps(parser: argparse.ArgumentParser) -> None:
+    from segbench.data.archives import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES
+
+    parser.add_argument("--max-uncompressed", type=int, metavar="BYTES",
+                        help=f"zip bomb guard: what an archive may unpack to in total (default {MAX_TOTAL_BYTES})")
+    parser.add_argument("--max-member", type=int, metavar="BYTES",
+                        help=f"zip bomb guard: what one member may unpack to (default {MAX_MEMBER_BYTES})")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="data", help="data root (config data.root)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -159,7 +176,8 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
                           help=f"archive file name: {', '.join(ARCHIVES)}")
     download.add_argument("--url", help="override the source URL (config data.urls); $SEGBENCH_MIRROR wins")
     download.add_argument("--sha256", help="known sha256 (config data.sha256)")
-    download.add_argument("--retries", type=int, default=2)
+    download.add_argument("--retries", type=int, default=2, help="retries after a network error")
+    _add_caps(download)
     _add_common(download)
     download.set_defaults(handler=_guarded(cmd_download))
 
@@ -170,7 +188,7 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     prepare.add_argument("--isic-split", choices=["vmunet_archive", "seeded"], default="vmunet_archive")
     prepare.add_argument("--sha256", action="append", metavar="ARCHIVE=HASH", help="known archive hash (repeatable)")
     prepare.add_argument("--expected-count", type=int, help="override the registry's pair count")
-    prepare.add_argument("--max-uncompressed", type=int, help="zip bomb guard in bytes (default 64 GiB)")
+    _add_caps(prepare)
     prepare.add_argument("--workers", type=int, default=1, help="threads converting images")
     _add_synthetic(prepare)
     _add_common(prepare)

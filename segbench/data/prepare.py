@@ -9,6 +9,12 @@ Mask rule: values >= 128 are foreground. A mask whose values are not all 0 or 25
 resampling artefacts at the border) is thresholded and counted as a warning; a mask where more
 than ``MAX_AMBIGUOUS_FRACTION`` of the pixels lie between ``AMBIGUOUS_LOW`` and ``AMBIGUOUS_HIGH``
 is not a mask at all (a photo, a probability map) and stops preparation.
+
+Every problem is reported on one line that starts with the offending file (``<archive>:<member>``
+for a file inside an archive): ``<file>: <what is wrong> (expected ..., found ...); <what to do>``,
+followed by a count and a summary of the other problems found. The work folder of a preparation
+that was killed (``.<dataset>.partial-<pid>``, ``.<dataset>.old-<pid>``) is removed by the next one
+once no process has that pid.
 """
 from __future__ import annotations
 
@@ -36,12 +42,20 @@ RULE = "prepare"
 PNG_COMPRESSION = 1
 
 
+MORE_PROBLEMS_SHOWN = 5
+STALE_WORK = re.compile(r"\.(?P<dataset>.+)\.(?:partial|old)-(?P<pid>\d+)")
+
+
 class PrepareError(RuntimeError):
-    """Preparation found a problem; the message names the file(s), the rule and what to do."""
+    """Preparation found a problem; the message names the file first, then what is wrong and what to do."""
 
 
 class _FileProblem(ValueError):
-    pass
+    """One bad file: ``<file>: <what is wrong>``; ``todo`` replaces the dataset's advice when given."""
+
+    def __init__(self, file: str, what: str, todo: str | None = None):
+        super().__init__(f"{file}: {what}")
+        self.file, self.what, self.todo = file, what, todo
 
 
 @dataclasses.dataclass
@@ -54,13 +68,21 @@ class Pair:
     load_image: Callable[[], bytes | Image.Image]
     load_mask: Callable[[], bytes | Image.Image]
     source_split: str | None = None
+    folder: str = ""  # where ``image_name`` and ``mask_name`` are (data/raw), for messages
+
+    def where(self, name: str) -> str:
+        return f"{self.folder}/{name}" if self.folder else name
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _decode(data: bytes | Image.Image, name: str, what: str) -> Image.Image:
     if isinstance(data, Image.Image):
         return data
     if len(data) == 0:
-        raise _FileProblem(f"{what} {name} is empty (0 bytes)")
+        raise _FileProblem(name, f"{what} is empty (expected an encoded image, found 0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -73,7 +95,8 @@ def _decode(data: bytes | Image.Image, name: str, what: str) -> Image.Image:
                 return Image.fromarray(np.squeeze(tifffile.imread(io.BytesIO(data))))
             except Exception:  # noqa: BLE001 - report PIL's reason below
                 pass
-        raise _FileProblem(f"{what} {name} cannot be read as an image ({type(error).__name__}: {error})") from None
+        raise _FileProblem(name, f"{what} cannot be decoded (expected PNG, JPEG, BMP or TIFF, found "
+                                 f"{type(error).__name__}: {_one_line(error)})") from None
 
 
 def _to_8bit(array: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -139,25 +162,28 @@ def _binarize(mask: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     ambiguous = float(((mask >= AMBIGUOUS_LOW) & (mask <= AMBIGUOUS_HIGH)).mean())
     if ambiguous > MAX_AMBIGUOUS_FRACTION:
         raise _FileProblem(
-            f"mask {name} is not binary: {ambiguous:.1%} of its pixels lie between {AMBIGUOUS_LOW} and "
-            f"{AMBIGUOUS_HIGH} (at most {MAX_AMBIGUOUS_FRACTION:.0%} allowed for border artefacts); "
-            "expected a 0/255 mask. Is this file an image or a probability map placed among the masks?"
+            name, f"mask is not binary (expected 0/255 with at most {MAX_AMBIGUOUS_FRACTION:.0%} of the pixels "
+                  f"between {AMBIGUOUS_LOW} and {AMBIGUOUS_HIGH} from border artefacts, found {ambiguous:.1%})",
+            "is it an image or a probability map placed among the masks? Replace it with the 0/255 mask",
         )
     binary = np.where(mask >= 128, 255, 0).astype(np.uint8)
     return binary, bool((binary != mask).any())
 
 
 def _convert(pair: Pair) -> tuple[np.ndarray, np.ndarray, dict]:
-    image, image_note = _image_rgb(_decode(pair.load_image(), pair.image_name, "image"))
-    mask, mask_notes = _mask_gray(_decode(pair.load_mask(), pair.mask_name, "mask"))
+    image_file, mask_file = pair.where(pair.image_name), pair.where(pair.mask_name)
+    image, image_note = _image_rgb(_decode(pair.load_image(), image_file, "image"))
+    mask, mask_notes = _mask_gray(_decode(pair.load_mask(), mask_file, "mask"))
     if image.shape[:2] != mask.shape:
         raise _FileProblem(
-            f"mask {pair.mask_name} is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
-            f"{pair.image_name} is {image.shape[1]}x{image.shape[0]}; every mask must have its image's size"
+            mask_file, f"mask size differs from its image {image_file} (expected {image.shape[1]}x{image.shape[0]} "
+                       f"(width x height), found {mask.shape[1]}x{mask.shape[0]})",
+            "every mask must have its image's size: replace the mask",
         )
     if image.size == 0:
-        raise _FileProblem(f"image {pair.image_name} has no pixels")
-    mask, thresholded = _binarize(mask, pair.mask_name)
+        raise _FileProblem(image_file, f"image has no pixels (expected at least one, found "
+                                       f"{image.shape[1]}x{image.shape[0]})")
+    mask, thresholded = _binarize(mask, mask_file)
     notes = ([image_note] if image_note else []) + mask_notes
     record = {
         "id": pair.id,
@@ -173,13 +199,33 @@ def _convert(pair: Pair) -> tuple[np.ndarray, np.ndarray, dict]:
     return image, mask, record
 
 
-def _fail(dataset: str, problems: list[str], advice: str) -> PrepareError:
-    shown = problems[:20]
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    return PrepareError(
-        f"rule {RULE} ({dataset}): {len(problems)} problem(s); nothing was prepared:\n  "
-        + "\n  ".join(shown) + more + f"\n{advice}"
-    )
+def _fail(dataset: str, problems: list[_FileProblem], advice: str) -> PrepareError:
+    """One line: the first problem in full, what to do, then a summary of the others."""
+    first, others = problems[0], problems[1:]
+    more = ""
+    if others:
+        shown = "; ".join(str(problem) for problem in others[:MORE_PROBLEMS_SHOWN])
+        ellipsis = "; ..." if len(others) > MORE_PROBLEMS_SHOWN else ""
+        more = f" ({len(others)} more problem(s): {shown}{ellipsis})"
+    return PrepareError(f"{first}; {first.todo or advice}; nothing was prepared for {dataset} (rule {RULE}){more}")
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_work(target: Path) -> None:
+    """Work folders of preparations of ``target`` that were killed (their pid is no running process)."""
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        match = STALE_WORK.fullmatch(path.name)
+        if match and match["dataset"] == target.name and not _process_running(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _discard(temporary: Path | None, target: Path) -> None:
@@ -207,18 +253,23 @@ def write_processed(
     advice: str,
     progress: bool = True,
     workers: int = 1,
+    source: str = "the source",
 ) -> dict:
-    """Check and convert ``pairs``, write the dataset folder atomically, return the integrity report."""
+    """Check and convert ``pairs``, write the dataset folder atomically, return the integrity report.
+    ``source`` names where the pairs come from (the archives) for a count that does not match."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work(target)
     temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         if expected_count is not None and len(pairs) != expected_count:
-            raise _fail(dataset, [
-                f"found {len(pairs)} image/mask pairs, expected {expected_count} "
-                "(segbench/data/registry.py or data.expected_counts in the config)"
-            ], advice)
+            raise _fail(dataset, [_FileProblem(
+                source, f"wrong number of image/mask pairs for {dataset} (expected {expected_count}, from "
+                        f"segbench/data/registry.py or data.expected_counts in the config, found {len(pairs)})",
+                f"if this is the source you want, set data.expected_counts.{dataset}: {len(pairs)} in the config "
+                f"(--expected-count {len(pairs)}); else replace it",
+            )], advice)
         (temporary / "images").mkdir(parents=True)
         (temporary / "masks").mkdir()
         problems, items = [], []
@@ -228,13 +279,13 @@ def write_processed(
             try:
                 image, mask, record = _convert(pair)
             except _FileProblem as problem:
-                return str(problem)
+                return problem
             Image.fromarray(image).save(temporary / "images" / f"{pair.id}.png", compress_level=PNG_COMPRESSION)
             Image.fromarray(mask).save(temporary / "masks" / f"{pair.id}.png", compress_level=PNG_COMPRESSION)
             return record
 
         for result in ordered_map(convert_and_write, pairs, workers, f"prepare {dataset}", progress):
-            if isinstance(result, str):
+            if isinstance(result, _FileProblem):
                 problems.append(result)
             else:
                 conversions.update(result["notes"])
@@ -248,8 +299,8 @@ def write_processed(
     except OSError as error:
         _discard(temporary, target)
         raise PrepareError(
-            f"rule {RULE} ({dataset}): could not write {target}: {error.strerror or error}; nothing was prepared. "
-            "Free disk space and rerun."
+            f"{target}: could not write ({error.strerror or error}); nothing was prepared for {dataset} "
+            f"(rule {RULE}). Free disk space and rerun."
         ) from error
     except BaseException:
         _discard(temporary, target)
@@ -308,7 +359,7 @@ def _folder_matches(folder: str, suffix: str) -> bool:
     return folder == suffix or folder.endswith("/" + suffix)
 
 
-def _find_files(reader, archive_name: str, suffix: str, dataset: str, advice: str) -> tuple[dict[str, str], str]:
+def _find_files(reader, suffix: str, dataset: str, advice: str) -> tuple[dict[str, str], str]:
     """Members directly inside the one folder of the archive that ends with ``suffix``."""
     by_folder: dict[str, list[str]] = collections.defaultdict(list)
     for name in reader.files:
@@ -316,29 +367,34 @@ def _find_files(reader, archive_name: str, suffix: str, dataset: str, advice: st
         if _folder_matches(folder, suffix):
             by_folder[folder].append(name)
     if not by_folder:
-        raise _fail(dataset, [f"{archive_name} has no folder '{suffix}/' (is it the right archive?)"], advice)
+        raise _fail(dataset, [_FileProblem(str(reader.path), f"no folder '{suffix}/' (expected the layout of "
+                                                             f"{dataset}'s source, found none; is it the right archive?)")],
+                    advice)
     if len(by_folder) > 1:
-        raise _fail(dataset, [f"{archive_name} has several folders ending in '{suffix}/': {sorted(by_folder)}"], advice)
+        raise _fail(dataset, [_FileProblem(str(reader.path), f"several folders end in '{suffix}/' (expected one, "
+                                                             f"found {sorted(by_folder)})")], advice)
     folder, names = next(iter(by_folder.items()))
     return {posixpath.basename(name): name for name in names}, folder
 
 
-def _case_collisions(names: Iterable[str], where: str) -> list[str]:
+def _case_collisions(names: Iterable[str], where: str) -> list[_FileProblem]:
     seen: dict[str, str] = {}
     problems = []
     for name in sorted(names):
         other = seen.setdefault(name.lower(), name)
         if other != name:
-            problems.append(f"{where}: file names {other!r} and {name!r} differ only in case")
+            problems.append(_FileProblem(f"{where}{name}", f"file names {other!r} and {name!r} differ only in case "
+                                                           "(expected names unique ignoring case, as macOS and "
+                                                           "Windows need)"))
     return problems
 
 
-def _pair_group(group: registry.Group, readers: dict, dataset: str, advice: str):
+def _pair_group(group: registry.Group, readers: dict, dataset: str, advice: str, raw_dir: Path):
     """Pairs of one image/mask folder pair, the ignored members, and the problems found."""
-    images, image_folder = _find_files(readers[group.image_archive], group.image_archive, group.image_dir, dataset, advice)
-    masks, mask_folder = _find_files(readers[group.mask_archive], group.mask_archive, group.mask_dir, dataset, advice)
-    where_images = f"{group.image_archive}:{image_folder}/"
-    where_masks = f"{group.mask_archive}:{mask_folder}/"
+    images, image_folder = _find_files(readers[group.image_archive], group.image_dir, dataset, advice)
+    masks, mask_folder = _find_files(readers[group.mask_archive], group.mask_dir, dataset, advice)
+    where_images = f"{raw_dir / group.image_archive}:{image_folder}/"
+    where_masks = f"{raw_dir / group.mask_archive}:{mask_folder}/"
     problems = _case_collisions(images, where_images) + _case_collisions(masks, where_masks)
     ignored = []
     image_by_id: dict[str, list[str]] = collections.defaultdict(list)
@@ -357,21 +413,29 @@ def _pair_group(group: registry.Group, readers: dict, dataset: str, advice: str)
         if group.mask_suffix and stem.endswith(group.mask_suffix):
             stem = stem[: -len(group.mask_suffix)]
         mask_by_id[stem].append(member)
+    mask_extensions = "/".join(extension.lstrip(".") for extension in registry.MASK_EXTENSIONS)
     pairs = []
     for identifier in sorted(set(image_by_id) | set(mask_by_id)):
-        found_images, found_masks = image_by_id.get(identifier, []), mask_by_id.get(identifier, [])
+        found_images, found_masks = sorted(image_by_id.get(identifier, [])), sorted(mask_by_id.get(identifier, []))
+        image_file = f"{raw_dir / group.image_archive}:{found_images[0]}" if found_images else ""
+        mask_file = f"{raw_dir / group.mask_archive}:{found_masks[0]}" if found_masks else ""
         if len(found_images) > 1:
-            problems.append(f"{where_images}: several images for id {identifier!r}: {sorted(found_images)}")
+            problems.append(_FileProblem(image_file, f"several images for id {identifier!r} (expected one, found "
+                                                     f"{found_images})"))
         if len(found_masks) > 1:
-            problems.append(f"{where_masks}: several masks for id {identifier!r}: {sorted(found_masks)}")
+            problems.append(_FileProblem(mask_file, f"several masks for id {identifier!r} (expected one, found "
+                                                    f"{found_masks})"))
         if not found_masks:
-            problems.append(f"image {group.image_archive}:{found_images[0]} has no mask in {where_masks}")
+            problems.append(_FileProblem(image_file, f"image has no mask (expected {identifier}{group.mask_suffix}.{mask_extensions} in "
+                                                     f"{where_masks}, found none)"))
             continue
         if not found_images:
-            problems.append(f"mask {group.mask_archive}:{found_masks[0]} has no image in {where_images}")
+            problems.append(_FileProblem(mask_file, f"mask has no image (expected an image {identifier}.* in "
+                                                    f"{where_images}, found none)"))
             continue
         if not SAFE_ID.fullmatch(identifier):
-            problems.append(f"image {group.image_archive}:{found_images[0]}: id {identifier!r} is not a safe file name")
+            problems.append(_FileProblem(image_file, f"id is not a safe file name (expected {SAFE_ID.pattern}, "
+                                                     f"found {identifier!r})"))
             continue
         image_reader, mask_reader = readers[group.image_archive], readers[group.mask_archive]
         image_member, mask_member = found_images[0], found_masks[0]
@@ -382,22 +446,31 @@ def _pair_group(group: registry.Group, readers: dict, dataset: str, advice: str)
             lambda r=image_reader, m=image_member: r.read(m),
             lambda r=mask_reader, m=mask_member: r.read(m),
             group.source_split,
+            str(raw_dir),
         ))
     return pairs, ignored, problems
 
 
-def collect_pairs(dataset: str, source: registry.Source, readers: dict, advice: str):
+def collect_pairs(dataset: str, source: registry.Source, readers: dict, advice: str, raw_dir: Path):
     pairs, ignored, problems = [], [], []
     for group in source.groups:
-        group_pairs, group_ignored, group_problems = _pair_group(group, readers, dataset, advice)
+        group_pairs, group_ignored, group_problems = _pair_group(group, readers, dataset, advice, raw_dir)
         pairs += group_pairs
         ignored += group_ignored
         problems += group_problems
-    problems += [
-        f"id {identifier!r} appears in more than one folder of the source"
-        for identifier, count in collections.Counter(pair.id for pair in pairs).items() if count > 1
-    ]
-    problems += _case_collisions({pair.id for pair in pairs}, f"{dataset} ids")
+    first_by_id: dict[str, Pair] = {}
+    first_by_lower: dict[str, Pair] = {}
+    for pair in pairs:
+        image_file = pair.where(pair.image_name)
+        first = first_by_id.setdefault(pair.id, pair)
+        if first is not pair:
+            problems.append(_FileProblem(image_file, f"id {pair.id!r} appears in more than one folder of the source "
+                                                     f"(expected once, found also {first.where(first.image_name)})"))
+            continue
+        other = first_by_lower.setdefault(pair.id.lower(), pair)
+        if other is not pair:
+            problems.append(_FileProblem(image_file, f"ids {other.id!r} and {pair.id!r} differ only in case "
+                                                     "(expected ids unique ignoring case, as macOS and Windows need)"))
     if problems:
         raise _fail(dataset, problems, advice)
     return sorted(pairs, key=lambda pair: pair.id), ignored
@@ -413,28 +486,29 @@ def prepare_real(
     max_uncompressed: int | None = None,
     progress: bool = True,
     workers: int = 1,
+    max_member: int | None = None,
 ) -> dict:
-    """Prepare ``dataset`` from its archives in ``raw_dir`` (verified against the known or locked hashes)."""
-    from segbench.data.archives import DEFAULT_MAX_UNCOMPRESSED, ArchiveReader, ArchiveReadError, UnsafeArchiveError
+    """Prepare ``dataset`` from its archives in ``raw_dir`` (verified against the known or locked hashes;
+    ``max_uncompressed`` and ``max_member`` cap what the archives may unpack to, in bytes)."""
+    from segbench.data.archives import (MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, ArchiveReader, ArchiveReadError,
+                                        UnsafeArchiveError)
     from segbench.data.download import DownloadError, verify_archive
 
     raw_dir = Path(raw_dir)
     spec = registry.get_dataset(dataset)
     source = spec.sources[registry.source_name(dataset, isic_split)]
+    archive_paths = ", ".join(str(raw_dir / name) for name in source.archives)
+    caps = (max_uncompressed or MAX_TOTAL_BYTES, max_member or MAX_MEMBER_BYTES)
     advice = (
-        f"The archive(s) {', '.join(str(raw_dir / name) for name in source.archives)} do not hold {dataset} as "
-        "expected. Delete the archive and download it again (snakemake or `segbench data download`), or place "
-        "a good copy there by hand (docs/data.md)."
+        f"fix or replace the archive ({archive_paths}): delete it and download it again (snakemake or "
+        "`segbench data download`), or place a good copy there by hand (docs/data.md)"
     )
     readers, hashes = {}, {}
     try:
         for name in source.archives:
-            try:
-                hashes[name] = verify_archive(raw_dir / name, known_hashes or {})
-                readers[name] = ArchiveReader(raw_dir / name, max_uncompressed or DEFAULT_MAX_UNCOMPRESSED)
-            except (DownloadError, ArchiveReadError, UnsafeArchiveError) as error:
-                raise PrepareError(f"rule {RULE} ({dataset}): {error}") from None
-        pairs, ignored = collect_pairs(dataset, source, readers, advice)
+            hashes[name] = verify_archive(raw_dir / name, known_hashes or {}, *caps)
+            readers[name] = ArchiveReader(raw_dir / name, *caps)
+        pairs, ignored = collect_pairs(dataset, source, readers, advice, raw_dir)
         expected = source.expected_count if expected_count is None else expected_count
         warnings = _split_count_warnings(source, pairs, expected_count)
         report = {
@@ -444,7 +518,10 @@ def prepare_real(
             "ignored_files_examples": ignored[:20],
             "warnings": warnings,
         }
-        return write_processed(dataset, pairs, out_dir, expected, report, advice, progress, workers)
+        return write_processed(dataset, pairs, out_dir, expected, report, advice, progress, workers, archive_paths)
+    except (DownloadError, ArchiveReadError, UnsafeArchiveError) as error:
+        _discard(None, Path(out_dir))
+        raise PrepareError(f"{error} Nothing was prepared for {dataset} (rule {RULE}).") from None
     except BaseException:
         _discard(None, Path(out_dir))
         raise
@@ -473,5 +550,6 @@ def prepare_synthetic(dataset: str, settings, out_dir: str | Path, progress: boo
         for identifier, image, mask in generate(dataset, settings)
     ]
     report = {"source": "synthetic", "synthetic": dataclasses.asdict(settings), "archives": {}}
-    advice = "The synthetic generator produced a bad pair; this is a bug in segbench/data/synthetic.py."
-    return write_processed(dataset, pairs, out_dir, synthetic_count(dataset, settings), report, advice, progress)
+    advice = "the synthetic generator produced a bad pair: this is a bug in segbench/data/synthetic.py"
+    return write_processed(dataset, pairs, out_dir, synthetic_count(dataset, settings), report, advice, progress,
+                           source="segbench/data/synthetic.py")
