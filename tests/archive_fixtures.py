@@ -5,14 +5,18 @@ Layouts follow shared/reference/reference-facts.md section 7: PraNet's TrainData
 (``data/isic2017/{train,val}/{images,masks}``, masks ``ISIC_<id>_segmentation.png``), and the official
 ISIC challenge zips (JPEG images beside superpixel PNGs and a metadata CSV; ground truth zips).
 File names follow the real patterns: Kvasir ids, numbered CVC/ETIS frames, ISIC_<7 digits>.
+``write_raw_zip`` and ``deflated_zeros`` craft zip bombs (and headers that lie about sizes) in well
+under a second.
 """
 from __future__ import annotations
 
 import contextlib
 import http.server
 import io
+import struct
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +63,46 @@ def write_zip(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+    return path
+
+
+MIB = 1 << 20
+
+
+def deflated(data: bytes) -> tuple[bytes, int, int]:
+    """(raw deflate data, CRC-32, size) of ``data``, as a zip member holds them."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush(), zlib.crc32(data), len(data)
+
+
+def deflated_zeros(mebibytes: int) -> tuple[bytes, int, int]:
+    """(raw deflate data, CRC-32, size) of ``mebibytes`` MiB of zeros: every MiB ends with a full flush,
+    so its compressed form is the same ~1 KB block repeated (1.5 GiB of zeros in 1.6 MB)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(MIB)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mebibytes):
+        crc = zlib.crc32(zeros, crc)
+    return block * mebibytes + compressor.flush(), crc, mebibytes * MIB
+
+
+def write_raw_zip(path: Path, members: list[tuple[str, tuple[bytes, int, int]]],
+                  declared: dict[str, int] | None = None) -> Path:
+    """A zip of deflated members (``deflated``/``deflated_zeros`` output), written field by field so that
+    ``declared[name]`` can replace the uncompressed size both headers state (a header that lies)."""
+    declared = declared or {}
+    body, directory = bytearray(), bytearray()
+    for name, (data, crc, size) in members:
+        encoded, stated = name.encode(), declared.get(name, size)
+        offset = len(body)
+        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(data), stated, len(encoded), 0)
+        body += encoded + data
+        directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(data), stated,
+                                 len(encoded), 0, 0, 0, 0, 0, offset) + encoded
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), len(body), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(body + directory + end))
     return path
 
 

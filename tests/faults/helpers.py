@@ -30,6 +30,18 @@ def partial_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in Path(root).rglob("*") if PARTIAL_NAME.search(path.name))
 
 
+def error_line(result: subprocess.CompletedProcess, command: str) -> str:
+    """The message of a command that failed as the CLI promises: exit status 2, no traceback, and the error
+    on one line of its own, ``segbench <command>: error: <message>``."""
+    assert result.returncode == 2, last_lines(result.stdout + result.stderr)
+    assert "Traceback" not in result.stderr, last_lines(result.stderr)
+    prefix = f"segbench {command}: error: "
+    errors = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(errors) == 1, last_lines(result.stderr)
+    assert result.stderr.rstrip().endswith(errors[0]), "lines follow the error line: " + last_lines(result.stderr)
+    return errors[0][len(prefix):]
+
+
 def last_lines(text: str, count: int = 8) -> str:
     """The end of a command's output, without progress-bar redraws: what an assertion message should show."""
     lines = [line.rstrip() for line in re.split(r"[\r\n]+", text) if line.strip()]
@@ -40,6 +52,29 @@ def segbench(*args, cwd: Path, timeout: float = 300, preexec_fn=None, **env) -> 
     """The real ``segbench`` command of the venv, run in ``cwd`` with ``env`` added to the environment."""
     return subprocess.run([SEGBENCH, *map(str, args)], cwd=cwd,
                           env=tool_env(**env), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def with_umask(mask: int):
+    """A preexec_fn that runs the command under ``umask``."""
+    def apply() -> None:
+        os.umask(mask)
+
+    return apply
+
+
+def segbench_peak_memory(*args, cwd: Path, **env) -> tuple[subprocess.CompletedProcess, int]:
+    """``segbench(*args)`` and the peak resident memory (bytes) of that process alone (wait4's rusage)."""
+    with open(cwd / ".stdout", "w+") as stdout, open(cwd / ".stderr", "w+") as stderr:
+        process = subprocess.Popen([SEGBENCH, *map(str, args)], cwd=cwd, env=tool_env(**env), stdout=stdout,
+                                   stderr=stderr, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout.read(), stderr.read())
+    (cwd / ".stdout").unlink()
+    (cwd / ".stderr").unlink()
+    return result, usage.ru_maxrss * 1024
 
 
 def limit_file_size(limit: int):
