@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TINY_CONFIG
 
-from .helpers import TEST_SET, TRAIN_SET
+from .helpers import TEST_SET, TRAIN_SET, last_lines, segbench, train_args, train_config
 
 
 def pytest_configure(config):
@@ -41,3 +41,13 @@ def data_root(tmp_path_factory) -> Path:
         build_cache(dataset, processed, root / "splits" / f"{dataset}.csv", TINY_CONFIG["image_size"],
                     root / "cache" / f"{dataset}_{TINY_CONFIG['image_size']}.npz", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(tmp_path_factory, data_root):
+    """An uninterrupted two-epoch run: checkpoints/last.pt (epoch 2), last.pt.prev (epoch 1), model.pt."""
+    folder = tmp_path_factory.mktemp("reference")
+    config = train_config(folder / "two.yaml", data_root, train={"epochs": 2})
+    result = segbench(*train_args(config, folder / "run"), cwd=folder)
+    assert result.returncode == 0, last_lines(result.stderr)
+    return config, folder / "run"

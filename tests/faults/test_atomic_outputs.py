@@ -11,7 +11,7 @@ from PIL import Image
 
 from segbench.io import sha256_file
 
-from .helpers import last_lines, limit_file_size, partial_files, segbench, train_args, train_config
+from .helpers import last_lines, limit_file_size, partial_files, segbench, train_args
 
 
 def truncate_last(checkpoints):
@@ -29,16 +29,6 @@ def lose_last(checkpoints):
     (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(last.read_bytes()[:1000])
     last.unlink()
     (checkpoints / "last.pt.sha256").unlink()
-
-
-@pytest.fixture(scope="module")
-def two_epoch_run(tmp_path_factory, data_root):
-    """An uninterrupted two-epoch run: checkpoints/last.pt (epoch 2), last.pt.prev (epoch 1), model.pt."""
-    folder = tmp_path_factory.mktemp("reference")
-    config = train_config(folder / "two.yaml", data_root, train={"epochs": 2})
-    result = segbench(*train_args(config, folder / "run"), cwd=folder)
-    assert result.returncode == 0, last_lines(result.stderr)
-    return config, folder / "run"
 
 
 @pytest.mark.parametrize("cut", [
