@@ -27,7 +27,8 @@ from segbench.io import atomic_write
 REPO = Path(__file__).resolve().parents[1]
 FAULT_TESTS = "tests/faults"
 
-# The issue's items, by the test module that covers each.
+# The issues' items, by the test module that covers each: 1-5 from the first fault-injection issue,
+# 6-10 from the independent attack on the suite that followed it.
 ITEMS = {
     "test_untrusted_files": "1 untrusted files",
     "test_atomic_outputs": "2 atomic outputs",
@@ -35,6 +36,11 @@ ITEMS = {
     "test_bad_inputs": "4 bad inputs",
     "test_concurrency": "5 concurrency",
     "test_gpu_slots": "5 concurrency",
+    "test_permissions": "6 permissions",
+    "test_bounded_archives": "7 bounded archives",
+    "test_downloads": "8 downloads",
+    "test_checkpoint_saves": "9 checkpoints",
+    "test_one_line_errors": "10 one-line errors",
 }
 
 # Faults whose proof lives in another part's tests (run here, not duplicated in tests/faults/).
@@ -96,6 +102,12 @@ def _reason(report) -> str:
     return shown[:300]
 
 
+def _item_order(item: str) -> tuple[int, str]:
+    """Items by their number (10 after 9), unnumbered ones last."""
+    number = item.split(" ", 1)[0]
+    return (int(number) if number.isdigit() else len(ITEMS) + 1, item)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -125,7 +137,7 @@ def render(rows: dict[str, dict], pytest_args: list[str], exit_code: int, second
         "| # | issue item | fault | expected behaviour | test | outcome | s |",
         "|---|---|---|---|---|---|---|",
     ]
-    ordered = sorted(rows.items(), key=lambda entry: entry[1]["item"])
+    ordered = sorted(rows.items(), key=lambda entry: _item_order(entry[1]["item"]))
     for number, (nodeid, row) in enumerate(ordered, 1):
         lines.append(f"| {number} | {row['item']} | {_cell(row['fault'])} | {_cell(row['expected'])} | "
                      f"`{_cell(nodeid)}` | {row['outcome']} | {row['seconds']:.1f} |")

@@ -1,4 +1,4 @@
-"""Issue 9, item 1: permissions. On a cluster's shared filesystem collaborators must be able to read what
+"""The independent attack on the suite, item 1: permissions. On a cluster's shared filesystem collaborators must be able to read what
 segbench writes: every file the real commands write (download, prepare, split, cache, train) gets the mode
 ``open()`` would give it under the umask, every folder the mode ``mkdir`` would."""
 from __future__ import annotations
