@@ -1,4 +1,5 @@
-"""config/paper_results.csv against the paper's own text (../shared/paper/vm-unetv2-paper.txt)."""
+"""config/paper_results.csv against the paper's own text (../shared/paper/vm-unetv2-paper.txt), and
+config/literature_results.csv (published PraNet and Polyp-PVT values for Table 2b)."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from segbench.report.literature import LiteratureResultsError, load_literature_results
 from segbench.report.paper import (
     ABLATION_ORDER, MODEL_ORDER, PAPER_COLUMNS, POLYP_DATASETS, load_paper_results, paper_lookup,
 )
@@ -124,3 +126,39 @@ def test_every_cell_matches_the_paper_text():
     assert transcribed == parsed
     assert parsed[(1, "isic18", "attunet", "", None, "sen")] == "87.60"
     assert parsed[(5, "colondb", "vmunetv2", "2-2-2-2", False, "dsc")] == "70.5"
+
+
+LITERATURE = ROOT / "config" / "literature_results.csv"
+
+
+def test_literature_results_shape_and_sources():
+    values = load_literature_results(LITERATURE)
+    assert Counter((v.model, v.reported_in) for v in values) == {
+        ("pranet", "Fan et al. 2020"): 30, ("pranet", "Dong et al. 2021"): 35, ("polyp_pvt", "Dong et al. 2021"): 35}
+    assert {v.dataset for v in values} == set(POLYP_DATASETS)
+    # PraNet's own tables print max E but not mean E; neither paper reports a boundary metric
+    assert not [v for v in values if v.reported_in == "Fan et al. 2020" and v.metric == "mean_em"]
+    assert not [v for v in values if v.metric in ("hd95", "nsd")]
+    for value in values:
+        assert ("Table 1" in value.source if value.dataset in ("kvasir", "clinicdb") else "Table 2" in value.source) \
+            if value.reported_in == "Fan et al. 2020" else "Polyp-PVT (arXiv:2108.06932), the table" in value.source
+        assert re.fullmatch(r"0\.\d{3}", value.value_text), value
+
+
+def test_literature_spot_values_read_from_the_printed_tables():
+    values = {(v.model, v.reported_in, v.dataset, v.metric): v.value_text for v in load_literature_results(LITERATURE)}
+    assert values[("pranet", "Fan et al. 2020", "kvasir", "mean_dice")] == "0.898"
+    assert values[("pranet", "Fan et al. 2020", "etis", "mean_iou")] == "0.460"  # as printed in PraNet's Table 2
+    assert values[("pranet", "Dong et al. 2021", "etis", "mean_iou")] == "0.567"  # Polyp-PVT's reprint differs
+    assert values[("pranet", "Dong et al. 2021", "colondb", "mean_dice")] == "0.712"
+    assert values[("polyp_pvt", "Dong et al. 2021", "colondb", "mean_dice")] == "0.808"
+    assert values[("polyp_pvt", "Dong et al. 2021", "cvc300", "max_em")] == "0.981"
+    assert values[("polyp_pvt", "Dong et al. 2021", "clinicdb", "mae")] == "0.006"
+
+
+def test_a_malformed_literature_row_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "literature.csv"
+    lines = LITERATURE.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + [lines[2].replace(",mean_iou,", ",miou,")]) + "\n")
+    with pytest.raises(LiteratureResultsError, match=rf"{path}:3: .*metric 'miou'"):
+        load_literature_results(path)
