@@ -16,10 +16,18 @@ HELP = "render reports/ (tables, figures, README.md, summary.json) from results/
 
 
 def build_reports(results_dir="results", out_dir="reports", data_root="data",
-                  paper_results="config/paper_results.csv") -> dict:
+                  paper_results="config/paper_results.csv", literature_results="config/literature_results.csv",
+                  paper_claims="config/paper_claims.yaml") -> dict:
     from segbench.report.build import build_reports as build
 
-    return build(results_dir, out_dir, data_root, paper_results)
+    return build(results_dir, out_dir, data_root, paper_results, literature_results, paper_claims)
+
+
+def report_files(cfg: dict | None) -> list:
+    """Every table and figure file the report writes for ``cfg``: ReportFile(path, caption, category)."""
+    from segbench.report.files import report_files as files
+
+    return files(cfg)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports", help="folder for the report files")
     parser.add_argument("--data", default="data", help="data root (images for the qualitative figures)")
     parser.add_argument("--paper", default="config/paper_results.csv", help="the paper's numbers")
+    parser.add_argument("--literature", default="config/literature_results.csv",
+                        help="published PraNet and Polyp-PVT numbers (Table 2b)")
+    parser.add_argument("--claims", default="config/paper_claims.yaml", help="the paper's claims, made checkable")
 
 
 def run(args: argparse.Namespace) -> None:
-    build_reports(args.results, args.out, args.data, args.paper)
+    build_reports(args.results, args.out, args.data, args.paper, args.literature, args.claims)
     print(f"wrote {args.out}/README.md, tables, figures and summary.json")
 
 

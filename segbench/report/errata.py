@@ -180,47 +180,6 @@ def check_copies(grouped) -> list[Finding]:
     return findings
 
 
-def _best(values: dict[str, float], lower_is_better: bool = False) -> list[str]:
-    target = (min if lower_is_better else max)(values.values())
-    return [name for name, value in values.items() if value == target]
-
-
-def check_claims(paper_rows: list[dict]) -> list[Finding]:
-    """The paper's sentences about Tables 1-3, tested against the tables."""
-    def table(number):
-        out: dict[tuple[str, str], dict[str, float]] = {}
-        for row in paper_rows:
-            if row["table"] == number:
-                out.setdefault((row["dataset"], row["metric"]), {})[row["model"]] = row["value"]
-        return out
-
-    findings = []
-    claim = ("\"For the ISIC datasets, our VM-UNetV2 outperforms other models in terms of the mIoU, DSC and Acc "
-             "metrics\"")
-    for (dataset, metric), values in sorted(table(1).items()):
-        if metric in ("miou", "dsc", "acc") and REFERENCE_MODEL not in _best(values):
-            winners = ", ".join(f"{model_label(m)} {values[m]:.2f}" for m in _best(values))
-            findings.append(Finding("claims in the text", (
-                f"{claim}: on {dataset_label(dataset)} {METRIC_LABELS[metric]} is highest for {winners}, not "
-                f"VM-UNetV2 ({values[REFERENCE_MODEL]:.2f}).")))
-    claim = "\"In the polyp-related datasets, our model also surpasses ... UNetV2 in all metrics\""
-    for (dataset, metric), values in sorted(table(2).items()):
-        if "unetv2" in values and REFERENCE_MODEL in values and values[REFERENCE_MODEL] <= values["unetv2"]:
-            findings.append(Finding("claims in the text", (
-                f"{claim}: on {dataset_label(dataset)} {METRIC_LABELS[metric]} is {values[REFERENCE_MODEL]:.2f} for "
-                f"VM-UNetV2 and {values['unetv2']:.2f} for UNetV2.")))
-    complexity = table(3)
-    for metric, lower in (("flops", True), ("fps", False)):
-        values = complexity.get(("", metric), {})
-        if values and REFERENCE_MODEL not in _best(values, lower):
-            winners = ", ".join(f"{model_label(m)} {values[m]}" for m in _best(values, lower))
-            findings.append(Finding("claims in the text", (
-                f"\"the FLOPs and FPS of VM-UNetV2 are superior to those of others\" (Table 3): the best "
-                f"{metric.upper() if metric == 'fps' else 'FLOPs'} is {winners}, VM-UNetV2 has "
-                f"{values[REFERENCE_MODEL]}.")))
-    return findings
-
-
 def find_errata(paper_rows: list[dict]) -> list[Finding]:
     grouped = _rows_by_key(paper_rows)
-    return check_dice_vs_iou(grouped) + check_rates(grouped) + check_copies(grouped) + check_claims(paper_rows)
+    return check_dice_vs_iou(grouped) + check_rates(grouped) + check_copies(grouped)

@@ -1,35 +1,36 @@
 """Figures (PNG and PDF) with no date or version stamps, so the same results give the same files.
 
 matplotlib's object API (``Figure``) is used instead of pyplot: no global backend or figure state.
+Every figure of segbench.report.files.figures(cfg) is written, with a note in its panels where its
+results are missing, so the list of files depends on the config only.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from segbench.io import atomic_path
-from segbench.report.analysis import Summary
+from segbench.report.analysis import Cost, Summary
 from segbench.report.collect import Results
-from segbench.report.paper import MODEL_ORDER, dataset_label, model_label
+from segbench.report.files import qualitative_stems
+from segbench.report.paper import MODEL_ORDER, dataset_label
 from segbench.report.render import NOT_COMPARABLE
 
 PNG_METADATA = {"Software": None}
 PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None}
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
          "ytick.labelsize": 7, "pdf.compression": 6, "svg.hashsalt": "segbench"}
-
-
-@dataclasses.dataclass(frozen=True)
-class FigureEntry:
-    stem: str  # path under reports/ without the extension
-    caption: str
+LR_VISIBLE_CHANGE = 0.05  # a learning rate whose range is under 5% of its maximum looks flat: no panel
+OVERLAY_COLOURS = {"true positive": (255, 255, 255), "false positive": (220, 40, 40), "false negative": (40, 90, 230)}
 
 
 def _save(fig: Figure, out_dir: Path, stem: str) -> None:
@@ -48,8 +49,34 @@ def _grid(count: int, columns: int = 4) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def _panels(count: int, width: float = 2.6, height: float = 2.4):
+    rows, columns = _grid(count)
+    fig = Figure(figsize=(width * columns, height * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for axis in axes[count:]:
+        axis.set_visible(False)
+    return fig, axes
+
+
+def _empty(axis, text: str) -> None:
+    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes, fontsize=7, color="dimgray",
+              wrap=True)
+
+
 def _ordered_models(models: list[str]) -> list[str]:
     return [m for m in MODEL_ORDER if m in models] + [m for m in models if m not in MODEL_ORDER]
+
+
+def _ordered_variants(results: Results, protocol: str) -> list[str]:
+    order = _ordered_models(results.main_variants)
+    return sorted(results.variants(protocol), key=lambda v: (order.index(results.base_model(v)),
+                                                            results.is_scratch_variant(v)))
+
+
+def _colour(results: Results, variant: str):
+    models = _ordered_models(results.main_variants)
+    base = results.base_model(variant)
+    return matplotlib.colormaps["tab10"](models.index(base) % 10 if base in models else 9)
 
 
 def _paper_value(paper: dict, dataset: str, model: str, metric: str, table: int | None = None):
@@ -60,23 +87,25 @@ def _paper_value(paper: dict, dataset: str, model: str, metric: str, table: int 
     return None
 
 
-def dsc_bars(results: Results, summaries: dict, paper: dict, out_dir: Path, per_image: bool) -> FigureEntry | None:
+def _figure_legend(fig: Figure, handles: list, labels: list[str]) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5))
+
+
+def dsc_bars(results: Results, summaries: dict, paper: dict, out_dir: Path, per_image: bool) -> None:
     test_sets = results.test_sets()
-    models = _ordered_models(results.main_variants)
-    if not test_sets or not models:
-        return None
-    rows, columns = _grid(len(test_sets))
-    fig = Figure(figsize=(2.6 * columns, 2.4 * rows + 0.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
-    positions = np.arange(len(models))
+    fig, axes = _panels(len(test_sets))
     for axis, (protocol, test_set) in zip(axes, test_sets):
+        variants = _ordered_variants(results, protocol)
+        positions = np.arange(len(variants))
         means, lower, upper = [], [], []
-        for model in models:
-            summary: Summary | None = summaries.get((protocol, test_set, model))
+        for variant in variants:
+            summary: Summary | None = summaries.get((protocol, test_set, variant))
             if summary is None:
                 means.append(np.nan), lower.append(0.0), upper.append(0.0)
             elif per_image:
-                mean = 100 * summary.seed_averaged_dice.mean() if not summary.seed_averaged_dice.empty else np.nan
+                dice = summary.seed_averaged_dice
+                mean = 100 * dice.mean() if not dice.empty else np.nan
                 low, high = (100 * v for v in summary.dice_ci)
                 means.append(mean)
                 lower.append(0.0 if math.isnan(low) else mean - low)
@@ -86,117 +115,168 @@ def dsc_bars(results: Results, summaries: dict, paper: dict, out_dir: Path, per_
                 means.append(100 * estimate.mean)
                 spread = 0.0 if math.isnan(estimate.sd) else 100 * estimate.sd
                 lower.append(spread), upper.append(spread)
-        axis.bar(positions, means, yerr=[lower, upper], color="#4c72b0", capsize=2, label="ours")
+        axis.bar(positions, means, yerr=[lower, upper], capsize=2,
+                 color=[_colour(results, v) for v in variants],
+                 hatch=["//" if results.is_scratch_variant(v) else "" for v in variants], edgecolor="black",
+                 linewidth=0.4)
         if not per_image:
-            paper_values = [_paper_value(paper, test_set, model, "dsc") for model in models]
+            paper_values = [_paper_value(paper, test_set, v, "dsc") if v == results.base_model(v) else None
+                            for v in variants]
             shown = [(x, v) for x, v in zip(positions, paper_values) if v is not None]
             if shown:
-                axis.scatter([x for x, _ in shown], [v for _, v in shown], marker="x", color="black", zorder=3,
-                             label="paper")
+                axis.scatter([x for x, _ in shown], [v for _, v in shown], marker="x", color="black", zorder=3)
+        if all(math.isnan(m) for m in means):
+            _empty(axis, "no results yet")
         axis.set_title(dataset_label(test_set))
-        axis.set_xticks(positions, [model_label(m) for m in models], rotation=45, ha="right")
+        axis.set_xticks(positions, [results.label(v) for v in variants], rotation=45, ha="right")
         axis.set_ylim(0, 100)
         axis.set_ylabel("per-image Dice (%)" if per_image else "pooled DSC (%)")
-    for axis in axes[len(test_sets):]:
-        axis.set_visible(False)
-    axes[0].legend(loc="lower left")
+    handles = [Patch(facecolor="white", edgecolor="black", label="pretrained or only run"),
+               Patch(facecolor="white", edgecolor="black", hatch="//", label="from scratch")]
+    if not per_image:
+        handles.append(Line2D([], [], marker="x", color="black", linestyle="", label="paper"))
+    _figure_legend(fig, handles, [h.get_label() for h in handles])
     _banner(fig, results)
-    stem = "figures/dice_per_image_bars" if per_image else "figures/dsc_pooled_bars"
-    _save(fig, out_dir, stem)
-    if per_image:
-        caption = ("Per-image Dice at original resolution, mean over test images of the seed-averaged score; "
-                   "error bars: 95% bootstrap interval over images.")
-    else:
-        caption = ("Pooled DSC (the paper's way), mean over seeds with SD error bars; crosses: the paper's "
-                   "Tables 1-2.")
-    return FigureEntry(stem, caption)
+    _save(fig, out_dir, "figures/dice_per_image_bars" if per_image else "figures/dsc_pooled_bars")
 
 
-def complexity_scatter(results: Results, summaries: dict, paper: dict, out_dir: Path,
-                       quantity: str) -> FigureEntry | None:
+def complexity_scatter(results: Results, summaries: dict, paper: dict, out_dir: Path, quantity: str) -> None:
     """quantity: 'params' (params_paper, millions) or 'flops' (macs_no_scan_g), both counted as the paper does."""
     test_sets = results.test_sets()
-    models = [m for m in _ordered_models(results.main_variants) if m in results.profiles]
-    if not test_sets or not models:
-        return None
     key = "params_paper" if quantity == "params" else "macs_no_scan_g"
     scale = 1e-6 if quantity == "params" else 1.0
-    rows, columns = _grid(len(test_sets))
-    fig = Figure(figsize=(2.6 * columns, 2.4 * rows + 0.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
-    colours = matplotlib.colormaps["tab10"]
+    fig, axes = _panels(len(test_sets))
+    model_handles = {}
     for axis, (protocol, test_set) in zip(axes, test_sets):
-        for index, model in enumerate(models):
-            value = results.profiles[model].get(key)
-            summary = summaries.get((protocol, test_set, model))
-            if value is not None and summary is not None:
+        drawn = False
+        for variant in _ordered_variants(results, protocol):
+            profile, summary = results.profile(variant), summaries.get((protocol, test_set, variant))
+            colour = _colour(results, variant)
+            scratch = results.is_scratch_variant(variant)
+            if profile is not None and profile.get(key) is not None and summary is not None:
                 estimate = summary.pooled["dsc"]
-                axis.errorbar(float(value) * scale, 100 * estimate.mean,
-                              yerr=0.0 if math.isnan(estimate.sd) else 100 * estimate.sd, fmt="o",
-                              color=colours(index % 10), capsize=2, label=model_label(model))
-            paper_x = paper.get((3, "", model, "", None, quantity))
-            paper_y = _paper_value(paper, test_set, model, "dsc")
-            if paper_x and paper_y is not None:
-                axis.scatter(paper_x["value"], paper_y, marker="o", facecolors="none", edgecolors=colours(index % 10))
+                axis.errorbar(float(profile[key]) * scale, 100 * estimate.mean,
+                              yerr=0.0 if math.isnan(estimate.sd) else 100 * estimate.sd,
+                              fmt="^" if scratch else "o", color=colour, capsize=2)
+                drawn = True
+                model_handles.setdefault(results.label(results.base_model(variant)),
+                                         Line2D([], [], marker="s", color=colour, linestyle=""))
+            paper_x = paper.get((3, "", variant, "", None, quantity))
+            paper_y = _paper_value(paper, test_set, variant, "dsc")
+            if not scratch and paper_x and paper_y is not None:
+                axis.scatter(paper_x["value"], paper_y, marker="o", facecolors="none", edgecolors=colour)
+                drawn = True
+                model_handles.setdefault(results.label(variant), Line2D([], [], marker="s", color=colour, linestyle=""))
+        if not drawn:
+            _empty(axis, "no profiles or results yet")
         axis.set_title(dataset_label(test_set))
         axis.set_xlabel("params (M, paper's counting)" if quantity == "params" else "GFLOPs (MACs without scan)")
         axis.set_ylabel("pooled DSC (%)")
-    for axis in axes[len(test_sets):]:
-        axis.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    handles = list(model_handles.values()) + [
+        Line2D([], [], marker="o", color="dimgray", linestyle="", label="ours, pretrained or only run (filled)"),
+        Line2D([], [], marker="^", color="dimgray", linestyle="", label="ours, from scratch (filled)"),
+        Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="dimgray", linestyle="",
+               label="paper (hollow)")]
+    _figure_legend(fig, handles, list(model_handles) + [h.get_label() for h in handles[len(model_handles):]])
     _banner(fig, results)
-    stem = f"figures/{quantity}_vs_dsc"
-    _save(fig, out_dir, stem)
-    what = "parameters" if quantity == "params" else "FLOPs"
-    return FigureEntry(stem, f"Pooled DSC against {what} (both counted as the paper does); filled: ours "
-                             f"(mean ± SD over seeds), hollow: the paper's Tables 1-3.")
+    _save(fig, out_dir, f"figures/{quantity}_vs_dsc")
 
 
-def training_curves(results: Results, out_dir: Path) -> FigureEntry | None:
+def cost_scatter(results: Results, summaries: dict, costs: dict[tuple[str, str], Cost], out_dir: Path) -> None:
+    """Pooled DSC against measured training wall time per run (log axis)."""
+    test_sets = results.test_sets()
+    fig, axes = _panels(len(test_sets))
+    model_handles = {}
+    devices = sorted({device for cost in costs.values() for device in cost.devices})
+    where = f" on {devices[0]}" if len(devices) == 1 else " (devices differ: Table 3)" if devices else ""
+    for axis, (protocol, test_set) in zip(axes, test_sets):
+        drawn = False
+        for variant in _ordered_variants(results, protocol):
+            cost, summary = costs.get((protocol, variant)), summaries.get((protocol, test_set, variant))
+            if cost is None or summary is None or math.isnan(cost.wall_seconds.mean):
+                continue
+            colour = _colour(results, variant)
+            estimate = summary.pooled["dsc"]
+            axis.errorbar(cost.wall_seconds.mean, 100 * estimate.mean,
+                          xerr=0.0 if math.isnan(cost.wall_seconds.sd) else cost.wall_seconds.sd,
+                          yerr=0.0 if math.isnan(estimate.sd) else 100 * estimate.sd,
+                          fmt="^" if results.is_scratch_variant(variant) else "o", color=colour, capsize=2)
+            drawn = True
+            model_handles.setdefault(results.label(results.base_model(variant)),
+                                     Line2D([], [], marker="s", color=colour, linestyle=""))
+        if drawn:
+            axis.set_xscale("log")
+        else:
+            _empty(axis, "no measured cost yet")
+        axis.set_title(dataset_label(test_set))
+        axis.set_xlabel(f"training time per run (s){where}")
+        axis.set_ylabel("pooled DSC (%)")
+    handles = list(model_handles.values()) + [
+        Line2D([], [], marker="o", color="dimgray", linestyle="", label="pretrained or only run"),
+        Line2D([], [], marker="^", color="dimgray", linestyle="", label="from scratch")]
+    _figure_legend(fig, handles, list(model_handles) + [h.get_label() for h in handles[len(model_handles):]])
+    _banner(fig, results)
+    _save(fig, out_dir, "figures/dsc_vs_training_cost")
+
+
+def _per_epoch(logs: list, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean over seeds, SD over seeds; nan with one seed) of the last logged value of each epoch."""
+    series = [log.groupby("epoch")[column].last() for log in logs]
+    epochs = sorted(set().union(*(s.index for s in series)))
+    stacked = np.vstack([s.reindex(epochs).to_numpy(dtype=float) for s in series])
+    with warnings.catch_warnings():  # an epoch only some seeds reached: nan, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(epochs, dtype=float), np.nanmean(stacked, axis=0), np.nanstd(stacked, axis=0, ddof=1)
+
+
+def lr_changes(results: Results) -> bool:
+    rates = [log["lr"].dropna().to_numpy(dtype=float) for logs in results.train_logs.values()
+             for log in logs.values() if "lr" in log.columns]
+    rates = [r for r in rates if r.size]
+    return any(r.max() > 0 and (r.max() - r.min()) / r.max() > LR_VISIBLE_CHANGE for r in rates)
+
+
+def training_curves(results: Results, out_dir: Path) -> None:
     protocols = list((results.cfg or {}).get("protocols", {}))
-    models = _ordered_models(results.main_variants)
-    quantities = [(column, label) for column, label in (("train_loss", "training loss"),
-                                                        ("val_dsc", "validation DSC"), ("lr", "learning rate"))
-                  if any(column in log.columns for logs in results.train_logs.values() for log in logs.values())]
-    if not results.train_logs or not quantities:
-        return None
-    fig = Figure(figsize=(3.0 * len(protocols), 2.0 * len(quantities) + 0.6), layout="constrained")
+    quantities = [("train_loss", "training loss", "linear"), ("val_dsc", "validation DSC", "linear")]
+    if lr_changes(results):
+        quantities.append(("lr", "learning rate", "linear"))
+    fig = Figure(figsize=(3.0 * len(protocols), 2.0 * len(quantities) + 1.0), layout="constrained")
     axes = fig.subplots(len(quantities), len(protocols), squeeze=False)
-    colours = matplotlib.colormaps["tab10"]
+    model_handles = {}
     for column_index, protocol in enumerate(protocols):
-        for row_index, (column, label) in enumerate(quantities):
+        for row_index, (column, label, scale) in enumerate(quantities):
             axis = axes[row_index][column_index]
-            for index, model in enumerate(models):
-                logs = [log for log in results.train_logs.get((protocol, model), {}).values() if column in log.columns]
+            drawn = False
+            for variant in _ordered_variants(results, protocol):
+                logs = [log for log in results.train_logs.get((protocol, variant), {}).values()
+                        if column in log.columns]
                 if not logs:
                     continue
-                per_epoch = [log.groupby("epoch")[column].last() for log in logs]
-                stacked = np.vstack([series.reindex(per_epoch[0].index).to_numpy() for series in per_epoch])
-                mean = np.nanmean(stacked, axis=0) if not np.all(np.isnan(stacked)) else stacked[0]
-                few = len(mean) <= 30  # markers keep short runs (one epoch: one point) visible
-                axis.plot(per_epoch[0].index, mean, color=colours(index % 10), label=model_label(model), linewidth=1,
-                          marker="o" if few else None, markersize=2)
-                if len(logs) > 1:
-                    spread = np.nanstd(stacked, axis=0, ddof=1)
-                    axis.fill_between(per_epoch[0].index, mean - spread, mean + spread, color=colours(index % 10),
-                                      alpha=0.2, linewidth=0)
+                epochs, mean, sd = _per_epoch(logs, column)
+                colour = _colour(results, variant)
+                style = "--" if results.is_scratch_variant(variant) else "-"
+                axis.plot(epochs, mean, color=colour, linestyle=style, linewidth=1,
+                          marker="o" if len(epochs) <= 30 else None, markersize=2)  # short runs stay visible
+                if not np.all(np.isnan(sd)):
+                    axis.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.2, linewidth=0)
+                drawn = True
+                model_handles.setdefault(results.label(results.base_model(variant)),
+                                         Line2D([], [], color=colour, linewidth=1.5))
+            if not drawn:
+                _empty(axis, "no training logs yet")
             if row_index == 0:
                 axis.set_title(f"{protocol} protocol")
+            axis.set_yscale(scale)
             if column == "lr":
-                axis.set_yscale("log")
+                axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
             axis.set_ylabel(label)
             axis.set_xlabel("epoch")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    handles = list(model_handles.values()) + [Line2D([], [], color="dimgray", linestyle="--", linewidth=1)]
+    _figure_legend(fig, handles, list(model_handles) + ["from scratch (dashed)"])
     _banner(fig, results)
-    stem = "figures/training_curves"
-    _save(fig, out_dir, stem)
-    return FigureEntry(stem, "Training loss, validation DSC and learning rate per epoch; mean over seeds, "
-                             "band: ± SD.")
+    _save(fig, out_dir, "figures/training_curves")
 
 
 def _load_pair(data_root: Path, dataset: str, image_id: str, size: int, cache: dict):
@@ -225,32 +305,44 @@ def _overlay(probabilities: np.ndarray, truth: np.ndarray | None, threshold: flo
     if truth is None:
         return np.repeat(probabilities[..., None], 3, axis=2)
     picture = np.zeros(predicted.shape + (3,), np.uint8)
-    picture[predicted & truth] = (255, 255, 255)
-    picture[predicted & ~truth] = (220, 40, 40)
-    picture[~predicted & truth] = (40, 90, 230)
+    picture[predicted & truth] = OVERLAY_COLOURS["true positive"]
+    picture[predicted & ~truth] = OVERLAY_COLOURS["false positive"]
+    picture[~predicted & truth] = OVERLAY_COLOURS["false negative"]
     return picture
 
 
-def qualitative_grids(results: Results, data_root: Path, out_dir: Path) -> tuple[list[FigureEntry], list[str]]:
+def _overlay_legend(fig: Figure) -> None:
+    handles = [Patch(facecolor=np.array(rgb) / 255, edgecolor="black", linewidth=0.5, label=name)
+               for name, rgb in OVERLAY_COLOURS.items()]
+    handles.append(Patch(facecolor="black", edgecolor="black", linewidth=0.5, label="true negative"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+
+
+def qualitative_grids(results: Results, data_root: Path, out_dir: Path) -> list[str]:
     count = int(results.report_setting("qualitative_n", 4))
     threshold = ((results.cfg or {}).get("evaluate") or {}).get("threshold", 0.5)
-    models = _ordered_models(results.main_variants)
-    entries, notes, cache = [], [], {}
-    for protocol, test_set in results.test_sets():
+    notes, cache = [], {}
+    for protocol, test_set, stem in qualitative_stems(results.cfg):
         chosen = {}
-        for model in models:
-            seeds = sorted(seed for (p, v, seed, t) in results.predictions if (p, v, t) == (protocol, model, test_set))
+        for variant in _ordered_variants(results, protocol):
+            seeds = sorted(seed for (p, v, seed, t) in results.predictions
+                           if (p, v, t) == (protocol, variant, test_set))
             if seeds:
-                with np.load(results.predictions[(protocol, model, seeds[0], test_set)]) as data:
-                    chosen[model] = (seeds[0], dict(zip(map(str, data["ids"]), data["probabilities"])))
-        if not chosen or count == 0:
-            continue
-        first = next(iter(chosen.values()))[1]
+                with np.load(results.predictions[(protocol, variant, seeds[0], test_set)]) as data:
+                    chosen[variant] = (seeds[0], dict(zip(map(str, data["ids"]), data["probabilities"])))
+        first = next(iter(chosen.values()))[1] if chosen else {}
         ids = [i for i in first if all(i in predictions for _, predictions in chosen.values())][:count]
         if not ids:
+            fig = Figure(figsize=(4.0, 1.6), layout="constrained")
+            axis = fig.subplots()
+            axis.set_axis_off()
+            _empty(axis, f"{dataset_label(test_set)} ({protocol} protocol): no saved predictions yet "
+                         f"(evaluate.save_predictions, or the runs are missing)")
+            _banner(fig, results)
+            _save(fig, out_dir, stem)
             continue
         size = next(iter(first.values())).shape[0]
-        fig = Figure(figsize=(1.5 * (2 + len(chosen)), 1.5 * len(ids) + 0.7), layout="constrained")
+        fig = Figure(figsize=(1.5 * (2 + len(chosen)), 1.5 * len(ids) + 1.0), layout="constrained")
         axes = fig.subplots(len(ids), 2 + len(chosen), squeeze=False)
         for row, image_id in enumerate(ids):
             pair = _load_pair(data_root, test_set, image_id, size, cache)
@@ -258,9 +350,9 @@ def qualitative_grids(results: Results, data_root: Path, out_dir: Path) -> tuple
                 notes.append(f"{dataset_label(test_set)} image {image_id}: not found under {data_root}/processed "
                              f"or {data_root}/cache; its image and ground truth panels are blank")
             panels = [(pair[0] if pair else None, "image"), (pair[1] if pair else None, "ground truth")]
-            for model, (seed, predictions) in chosen.items():
+            for variant, (seed, predictions) in chosen.items():
                 panels.append((_overlay(predictions[image_id], pair[1] if pair else None, threshold),
-                               f"{model_label(model)} (seed {seed})"))
+                               f"{results.label(variant)}\nseed {seed}"))
             for column, (picture, title) in enumerate(panels):
                 axis = axes[row][column]
                 axis.set_xticks([]), axis.set_yticks([])
@@ -268,24 +360,24 @@ def qualitative_grids(results: Results, data_root: Path, out_dir: Path) -> tuple
                     axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1 if
                                 picture.dtype == bool else 255, interpolation="nearest")
                 if row == 0:
-                    axis.set_title(title)
+                    axis.set_title(title, fontsize=7)
             axes[row][0].set_ylabel(image_id, fontsize=6)
+        _overlay_legend(fig)
         _banner(fig, results)
-        stem = f"figures/qualitative_{test_set}" if sum(t == test_set for _, t in results.test_sets()) == 1 \
-            else f"figures/qualitative_{protocol}_{test_set}"
         _save(fig, out_dir, stem)
-        entries.append(FigureEntry(stem, f"{dataset_label(test_set)}: the first {len(ids)} test images with saved "
-                                         f"predictions; white = true positive, red = false positive, blue = false "
-                                         f"negative (threshold {threshold}, at {size}×{size})."))
-    return entries, notes
+    return notes
 
 
-def make_figures(results: Results, summaries: dict, paper: dict, data_root: Path, out_dir: Path):
+def make_figures(results: Results, summaries: dict, paper: dict, costs: dict, data_root: Path,
+                 out_dir: Path) -> list[str]:
+    """Write every figure of segbench.report.files.figures(results.cfg); returns notes on missing inputs."""
+    if results.cfg is None:
+        return []
     with matplotlib.rc_context(STYLE):
-        entries = [dsc_bars(results, summaries, paper, out_dir, per_image=False),
-                   dsc_bars(results, summaries, paper, out_dir, per_image=True),
-                   complexity_scatter(results, summaries, paper, out_dir, "params"),
-                   complexity_scatter(results, summaries, paper, out_dir, "flops"),
-                   training_curves(results, out_dir)]
-        grids, notes = qualitative_grids(results, data_root, out_dir)
-    return [entry for entry in entries if entry is not None] + grids, notes
+        dsc_bars(results, summaries, paper, out_dir, per_image=False)
+        dsc_bars(results, summaries, paper, out_dir, per_image=True)
+        complexity_scatter(results, summaries, paper, out_dir, "params")
+        complexity_scatter(results, summaries, paper, out_dir, "flops")
+        cost_scatter(results, summaries, costs, out_dir)
+        training_curves(results, out_dir)
+        return qualitative_grids(results, data_root, out_dir)

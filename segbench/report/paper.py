@@ -15,6 +15,9 @@ MODEL_LABELS = {
     "unet": "UNet", "unetpp": "UNet++", "attunet": "Att-UNet", "utnetv2": "UTNetV2", "sanet": "SANet",
     "transfuse": "TransFuse", "malunet": "MALUNet", "unetv2": "UNetV2", "vmunet": "VM-UNet",
     "vmunetv2": "VM-UNetV2",
+    # segbench's baselines and controls (not in the paper) and the published polyp models of Table 2b
+    "resenc_unet": "nnU-Net ResEnc-M", "unet_resnet50": "UNet (ResNet-50)", "vmunetv2_noscan": "VM-UNetV2 no-scan",
+    "pranet": "PraNet", "polyp_pvt": "Polyp-PVT",
 }
 REFERENCE_MODEL = "vmunetv2"
 ISIC_DATASETS = ["isic17", "isic18"]
@@ -24,7 +27,16 @@ DATASET_LABELS = {
     "colondb": "ColonDB", "etis": "ETIS", "cvc300": "CVC-300", "polyp_train": "Polyp train",
 }
 POOLED_METRICS = ["miou", "dsc", "acc", "spe", "sen"]  # the paper's column order
-METRIC_LABELS = {"miou": "mIoU", "dsc": "DSC", "acc": "Acc", "spe": "Spe", "sen": "Sen"}
+METRIC_LABELS = {"miou": "mIoU", "dsc": "DSC", "acc": "Acc", "spe": "Spe", "sen": "Sen", "params": "Params",
+                 "flops": "FLOPs", "fps": "FPS"}
+# The PraNet evaluation toolbox's per-image metrics (metrics.json "toolbox"), fractions; MAE is lower-better.
+TOOLBOX_METRICS = ["mean_dice", "mean_iou", "wfm", "s_measure", "mean_em", "max_em", "mae"]
+TOOLBOX_LABELS = {"mean_dice": "mDice", "mean_iou": "mIoU", "wfm": "wFm", "s_measure": "Sα", "mean_em": "mean Eφ",
+                  "max_em": "max Eφ", "mae": "MAE"}
+# metrics.json "boundary": HD95 in pixels (lower-better), NSD a fraction.
+BOUNDARY_METRICS = ["hd95", "nsd"]
+BOUNDARY_LABELS = {"hd95": "HD95 (px)", "nsd": "NSD"}
+LOWER_IS_BETTER = {"mae", "hd95", "params", "flops"}
 # Tables 4-5: encoder depth x deep supervision, in the printed row order.
 ABLATION_ORDER = [("2-2-2-2", True), ("2-2-2-2", False), ("2-2-9-2", True), ("2-2-9-2", False),
                   ("2-2-27-2", True), ("2-2-27-2", False)]

@@ -92,21 +92,93 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+MAX_MARKDOWN_COLUMNS = 10  # a Markdown table wider than this does not fit a screen: it is split into blocks
+
+
+def _units(columns: list[Column]) -> list[list[Column]]:
+    """Columns that belong together (one group, e.g. a metric's paper / ours / Δ) stay in one block."""
+    units: list[list[Column]] = []
+    for column in columns:
+        if units and column.group and units[-1][-1].group == column.group:
+            units[-1].append(column)
+        else:
+            units.append([column])
+    return units
+
+
+def _partitions(count: int, parts: int):
+    """Every way to cut ``count`` items (in order) into ``parts`` non-empty runs, as run lengths."""
+    if parts == 1:
+        yield [count]
+        return
+    for first in range(1, count - parts + 2):
+        for rest in _partitions(count - first, parts - 1):
+            yield [first] + rest
+
+
+def markdown_blocks(keys: list[Column], values: list[Column], limit: int = MAX_MARKDOWN_COLUMNS) -> list[list[Column]]:
+    """Value columns cut into as few blocks as fit ``limit`` beside the key columns, as even as possible.
+
+    Among equally even cuts the one with the smallest first block wins (mIoU and DSC, then Acc, Spe, Sen).
+    A group wider than the limit on its own gets a block of its own: a metric stays beside its paper value.
+    """
+    units = _units(values)
+    room = max(1, limit - len(keys))
+
+    def runs(cut: list[int]) -> list[list[Column]]:
+        starts = [sum(cut[:index]) for index in range(len(cut))]
+        return [[column for unit in units[start:start + length] for column in unit]
+                for start, length in zip(starts, cut)]
+
+    for parts in range(1, len(units) + 1):
+        fitting = [runs(cut) for cut in _partitions(len(units), parts)]
+        fitting = [blocks for blocks in fitting if max(map(len, blocks)) <= room]
+        if fitting:
+            return min(fitting, key=lambda blocks: (max(map(len, blocks)), [len(block) for block in blocks]))
+    return [list(unit) for unit in units]
+
+
+def _key_columns(section: Section) -> tuple[Column | None, list[Column], list[Column]]:
+    """(group column shown as header rows, other key columns repeated in every block, value columns)."""
+    leading = 0
+    while leading < len(section.columns) and section.columns[leading].align == "l":
+        leading += 1
+    keys, values = section.columns[:leading], section.columns[leading:]
+    group = next((c for c in keys if c.key == section.group_by), None)
+    return group, [c for c in keys if c is not group], values
+
+
+def _header(column: Column) -> str:
+    return _md_escape(f"{column.group} {column.label}".strip())
+
+
 def section_markdown(section: Section) -> str:
+    """Markdown blocks of at most MAX_MARKDOWN_COLUMNS columns; the row-group column becomes header rows."""
     bold = best_rows(section)
-    headers = [f"{c.group} {c.label}".strip() for c in section.columns]
-    lines = [f"### {section.title}", "", "| " + " | ".join(map(_md_escape, headers)) + " |",
-             "|" + "|".join("---:" if c.align == "r" else "---" for c in section.columns) + "|"]
-    for index, row in enumerate(section.rows):
-        cells = []
-        for column in section.columns:
-            text = _md_escape(row.get(column.key, Cell()).text)
-            cells.append(f"**{text}**" if text and (index, column.key) in bold else text)
-        lines.append("| " + " | ".join(cells) + " |")
-    if section.notes:
+    group, keys, values = _key_columns(section)
+    blocks = markdown_blocks(keys, values) if values else [[]]
+    lines = [f"### {section.title}", ""]
+    for number, block in enumerate(blocks, start=1):
+        columns = keys + block
+        if len(blocks) > 1:
+            lines += [f"Part {number} of {len(blocks)}: " + ", ".join(dict.fromkeys(
+                c.group or c.label for c in block)) + ".", ""]
+        lines += ["| " + " | ".join(map(_header, columns)) + " |",
+                  "|" + "|".join("---:" if c.align == "r" else "---" for c in columns) + "|"]
+        for index, row in enumerate(section.rows):
+            heading = row.get(group.key, Cell()).text if group else ""
+            if heading:
+                lines.append("| " + " | ".join([f"**{_md_escape(heading)}**"] + [""] * (len(columns) - 1)) + " |")
+            cells = []
+            for column in columns:
+                text = _md_escape(row.get(column.key, Cell()).text)
+                cells.append(f"**{text}**" if text and (index, column.key) in bold else text)
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if section.notes:
         lines += [f"- {note}" for note in section.notes]
-    return "\n".join(lines) + "\n"
+        lines.append("")
+    return "\n".join(lines)
 
 
 _TEX = {

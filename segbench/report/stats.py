@@ -42,6 +42,7 @@ class PairedComparison:
     p_value: float
     rank_biserial: float
     median_difference: float
+    mean_difference: float = math.nan
 
 
 def rank_biserial(differences) -> float:
@@ -66,12 +67,12 @@ def paired_wilcoxon(first, second) -> PairedComparison:
     differences = first - second
     if differences.size == 0:
         return PairedComparison(0, math.nan, math.nan, math.nan, math.nan)
-    median = float(np.median(differences))
+    median, mean = float(np.median(differences)), float(np.mean(differences))
     if np.all(differences == 0):
-        return PairedComparison(differences.size, 0.0, 1.0, 0.0, median)
+        return PairedComparison(differences.size, 0.0, 1.0, 0.0, median, mean)
     result = stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided")
     return PairedComparison(differences.size, float(result.statistic), float(result.pvalue),
-                            rank_biserial(differences), median)
+                            rank_biserial(differences), median, mean)
 
 
 def holm(p_values) -> list[float]:
