@@ -42,7 +42,8 @@ def check_dataset(dataset: str, root: str | Path) -> tuple[dict, list[str]]:
         present = {path.stem for path in (folder / kind).glob("*.png")}
         problems += [f"{folder / kind / (i + '.png')}: missing (listed in {report_path})"
                      for i in sorted(set(listed) - present)]
-        problems += [f"{folder / kind / (i + '.png')}: not listed in {report_path}" for i in sorted(present - set(listed))]
+        problems += [f"{folder / kind / (i + '.png')}: not listed in {report_path}"
+                     for i in sorted(present - set(listed))]
     for identifier, item in listed.items():
         mask_path = folder / "masks" / f"{identifier}.png"
         if not mask_path.exists():
@@ -54,8 +55,9 @@ def check_dataset(dataset: str, root: str | Path) -> tuple[dict, list[str]]:
             problems.append(f"{mask_path}: cannot be read as an image ({type(error).__name__}: {error})")
             continue
         if values.shape != (item.get("height"), item.get("width")):
+            found = f"{values.shape[1]}x{values.shape[0]}" if values.ndim > 1 else str(values.shape)
             problems.append(f"{mask_path}: wrong size (expected {item.get('width')}x{item.get('height')} as "
-                            f"{report_path} says, found {values.shape[1] if values.ndim > 1 else '?'}x{values.shape[0]})")
+                            f"{report_path} says, found {found})")
         elif not np.isin(values, (0, 255)).all():
             problems.append(f"{mask_path}: not binary (expected values 0/255, found others)")
     split_path = Path(root) / "splits" / f"{dataset}.csv"

@@ -2,7 +2,8 @@
 
 The top-level CLI plugs this in with ``segbench.data.cli.add_subparsers(subparsers)``; every
 subcommand sets ``handler`` (``args.handler(args)``: returns on success; on failure prints the error,
-one line that starts with the offending file, and exits with status 2). ``python -m segbench.data.cli data ...`` runs the same commands.
+one line that starts with the offending file, and exits with status 2). ``python -m segbench.data.cli
+data ...`` runs the same commands.
 """
 from __future__ import annotations
 

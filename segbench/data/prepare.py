@@ -367,9 +367,10 @@ def _find_files(reader, suffix: str, dataset: str, advice: str) -> tuple[dict[st
         if _folder_matches(folder, suffix):
             by_folder[folder].append(name)
     if not by_folder:
-        raise _fail(dataset, [_FileProblem(str(reader.path), f"no folder '{suffix}/' (expected the layout of "
-                                                             f"{dataset}'s source, found none; is it the right archive?)")],
-                    advice)
+        raise _fail(dataset, [_FileProblem(
+            str(reader.path),
+            f"no folder '{suffix}/' (expected the layout of {dataset}'s source, found none; is it the right archive?)",
+        )], advice)
     if len(by_folder) > 1:
         raise _fail(dataset, [_FileProblem(str(reader.path), f"several folders end in '{suffix}/' (expected one, "
                                                              f"found {sorted(by_folder)})")], advice)
@@ -426,8 +427,8 @@ def _pair_group(group: registry.Group, readers: dict, dataset: str, advice: str,
             problems.append(_FileProblem(mask_file, f"several masks for id {identifier!r} (expected one, found "
                                                     f"{found_masks})"))
         if not found_masks:
-            problems.append(_FileProblem(image_file, f"image has no mask (expected {identifier}{group.mask_suffix}.{mask_extensions} in "
-                                                     f"{where_masks}, found none)"))
+            expected = f"{identifier}{group.mask_suffix}.{mask_extensions} in {where_masks}"
+            problems.append(_FileProblem(image_file, f"image has no mask (expected {expected}, found none)"))
             continue
         if not found_images:
             problems.append(_FileProblem(mask_file, f"mask has no image (expected an image {identifier}.* in "
