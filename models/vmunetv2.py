@@ -29,6 +29,7 @@ class VMUNetV2(UNetV2Decoder):
         embed_dim: int = 96,
         d_state: int = 16,
         scan_backend: str = "auto",
+        mixer: str = "ss2d",
     ):
         if deep_supervision and num_classes != 1:
             raise ValueError(
@@ -47,6 +48,7 @@ class VMUNetV2(UNetV2Decoder):
             d_state=d_state,
             drop_path_rate=drop_path_rate,
             scan_backend=scan_backend,
+            mixer=mixer,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,4 +90,42 @@ def vmunetv2(pretrained: str | None = None, **kwargs) -> nn.Module:
     model = VMUNetV2(**kwargs)
     if pretrained:
         load_pretrained(model, "vmunetv2", pretrained)
+    return model
+
+
+@register_model(
+    card=ModelCard(
+        paper="No-scan control of VM-UNetV2 (Zhang et al., ISBRA 2024): the selective scan removed, as nnU-Net Revisited's No-Mamba Base (Isensee et al., MICCAI 2024)",
+        origin="segbench: models/vmunetv2.py with mixer='none' (segbench/nn/vmamba.py SS2D); everything else as vmunetv2",
+        output="probabilities",
+        input_divisor=32,
+        needs_mamba_ssm=False,
+        pretrained=VMAMBA_V0_SMALL,
+        test_kwargs={"embed_dim": 16, "mid_channel": 8, "depths": [1, 1, 1, 1]},
+        notes=(
+            "VM-UNetV2 with the core of every SS2D replaced by the identity: no cross-scan, selective scan or "
+            "cross-merge, and none of their per-direction tensors (x_proj_weight, dt_projs_weight, dt_projs_bias, "
+            "A_logs, Ds: 5 per VSS block, 75 at depths [2,2,9,2], 4,826,112 parameters). Each block keeps "
+            "ln_1, in_proj, the 3x3 depthwise conv, SiLU, out_norm, the SiLU(z) gate and out_proj, so tokens "
+            "still mix through the depthwise convs, the patch merging and the SDI decoder: what differs from "
+            "vmunetv2 is the scan alone. The identity is the scan with its state path cut (C = 0 leaves the "
+            "D skip, 4u summed over the directions at init, which out_norm maps to the same output). Chosen over "
+            "a parameter-matched depthwise conv (15x15/17x17 kernels: a large-kernel CNN of its own, not a "
+            "neutral control) after one check on synthetic data (toy size, 300 steps, batch 8, 64x64, val Dice): "
+            "ISIC-like seed 0/1 scan 0.902/0.922, identity 0.900/0.910, dwconv 0.908/0.922; polyp-like seed 0 "
+            "scan 0.455, identity 0.550, dwconv 0.510 (not converged). The identity is not degenerate. "
+            "Same state-dict keys as vmunetv2 minus those tensors, same quirks, decoder and input handling. "
+            "Counts at 1x3x256x256: 17,944,822 parameters, 17,907,958 thop-style and 4.40 GMACs thop-style "
+            "(both equal to vmunetv2's: thop never counted the scan); fvcore flops_g 3.81 G against vmunetv2's "
+            "7.81 G: 3.41 G of the difference is the scan with its x_proj/dt_proj einsums in stages 0-2, 0.59 G "
+            "is the discarded last stage, which fvcore drops whole here but counts in vmunetv2 up to its scan "
+            "(the scan is an autograd Function the trace cannot remove). pretrained=PATH loads the VMamba v0-S "
+            "ImageNet file into every tensor that still exists (133 of vmunetv2's 208 at depths [2,2,9,2])."
+        ),
+    )
+)
+def vmunetv2_noscan(pretrained: str | None = None, **kwargs) -> nn.Module:
+    model = VMUNetV2(mixer="none", **kwargs)
+    if pretrained:
+        load_pretrained(model, "vmunetv2_noscan", pretrained)
     return model

@@ -1,4 +1,5 @@
-"""VM-UNetV2, VM-UNet and UNetV2: official state dicts, official forward quirks, and the VMamba v0 layers."""
+"""VM-UNetV2, VM-UNet and UNetV2: official state dicts, official forward quirks, and the VMamba v0 layers;
+the no-scan control of VM-UNetV2."""
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def test_vmunetv2_returns_one_probability_map(deep_supervision):
 
 @pytest.mark.parametrize(("deep_supervision", "expected"), [(True, 5.0 + 3.0), (False, 5.0)])
 def test_unetv2_returns_one_logit_map_p1_plus_upsampled_p2(deep_supervision, expected):
-    model = _tiny("unetv2", deep_supervision=deep_supervision)
+    model = _tiny("unetv2", deep_supervision=deep_supervision).eval()  # eval: the one map that is scored
     with torch.no_grad():
         for head, bias in ((model.seg_outs[3], 5.0), (model.seg_outs[2], 3.0)):
             head.weight.zero_()
@@ -127,7 +128,7 @@ def test_vmunetv2_taps_are_stage_inputs():
     assert [t.shape for t in taps] == [(1, 16, 16, 16), (1, 8, 8, 32), (1, 4, 4, 64), (1, 2, 2, 128)]
 
 
-@pytest.mark.parametrize("name", ["vmunetv2", "vmunet", "unetv2"])
+@pytest.mark.parametrize("name", ["vmunetv2", "vmunetv2_noscan", "vmunet", "unetv2"])
 def test_one_channel_input_is_repeated(name):
     model = _tiny(name).eval()
     gray = torch.rand(1, 1, 64, 64) * 255
@@ -135,7 +136,7 @@ def test_one_channel_input_is_repeated(name):
         torch.testing.assert_close(model(gray), model(gray.repeat(1, 3, 1, 1)), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["vmunetv2", "vmunet"])
+@pytest.mark.parametrize("name", ["vmunetv2", "vmunetv2_noscan", "vmunet"])
 def test_float64_forward_is_deterministic(name):
     model = _tiny(name).double().eval()
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64) * 255
@@ -151,7 +152,7 @@ def test_ss2d_scans_in_float32_under_autocast():
     assert scanned.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["vmunetv2", "vmunet"])
+@pytest.mark.parametrize("name", ["vmunetv2", "vmunetv2_noscan", "vmunet"])
 def test_bfloat16_runs_with_and_without_autocast(name):
     model = _tiny(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -267,6 +268,68 @@ def test_deep_supervision_with_several_classes_is_refused():
 
 
 def test_toy_configurations_are_small():
-    for name in ("vmunetv2", "vmunet", "unetv2"):
+    for name in ("vmunetv2", "vmunetv2_noscan", "vmunet", "unetv2"):
         model = _tiny(name)
         assert sum(p.numel() for p in model.parameters()) < 4_000_000, name
+
+
+SCAN_TENSORS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
+
+
+def test_noscan_state_dict_is_vmunetv2s_without_the_scan_tensors():
+    with torch.device("meta"):
+        full, noscan = create_model("vmunetv2"), create_model("vmunetv2_noscan")
+    full_state, noscan_state = full.state_dict(), noscan.state_dict()
+    removed = [key for key in full_state if key not in noscan_state]
+    assert list(noscan_state) == [key for key in full_state if key in noscan_state]  # nothing added, order kept
+    assert all(noscan_state[key].shape == full_state[key].shape for key in noscan_state)
+    blocks = {key.rsplit(".", 1)[0] for key in removed}
+    assert len(blocks) == 2 + 2 + 9 + 2 and all(block.endswith(".self_attention") for block in blocks)
+    assert sorted(removed) == sorted(f"{block}.{name}" for block in blocks for name in SCAN_TENSORS)
+    assert sum(p.numel() for p in full.parameters()) == 22_770_934
+    assert sum(p.numel() for p in noscan.parameters()) == 17_944_822
+    assert sum(full_state[key].numel() for key in removed) == 22_770_934 - 17_944_822
+
+
+def _shared_weights(source: SS2D, target: SS2D) -> SS2D:
+    missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == sorted(SCAN_TENSORS)
+    return target
+
+
+def test_noscan_ss2d_is_the_gated_conv_path_with_the_identity_for_the_scan():
+    torch.manual_seed(2)
+    layer = SS2D(16, mixer="none").double()
+    x = torch.randn(2, 3, 5, 16, dtype=torch.float64)
+    inner, z = (x @ layer.in_proj.weight.T).chunk(2, dim=-1)
+    inner = F.silu(F.conv2d(inner.permute(0, 3, 1, 2), layer.conv2d.weight, layer.conv2d.bias, padding=1, groups=32))
+    y = F.layer_norm(inner.permute(0, 2, 3, 1), (32,), layer.out_norm.weight, layer.out_norm.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), (y * F.silu(z)) @ layer.out_proj.weight.T, rtol=1e-12, atol=1e-12)
+
+
+def test_noscan_equals_the_scan_with_its_state_path_cut():
+    """With C = 0 the scan returns its D skip (D = 1): 4u over the 4 directions; out_norm removes the 4."""
+    torch.manual_seed(3)
+    scanning = SS2D(16).double()
+    with torch.no_grad():
+        scanning.x_proj_weight[:, -scanning.d_state:] = 0  # the C rows
+    noscan = _shared_weights(scanning, SS2D(16, mixer="none").double())
+    for layer in (scanning, noscan):
+        layer.out_norm.eps = 0.0  # so that LayerNorm(4u) is exactly LayerNorm(u)
+    x = torch.randn(1, 4, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(noscan(x), scanning(x), rtol=1e-9, atol=1e-9)
+        scanning.x_proj_weight.normal_()
+        assert (noscan(x) - scanning(x)).abs().max() > 1e-2  # with the state path the outputs differ
+
+
+def test_an_unknown_mixer_is_refused():
+    with pytest.raises(ValueError, match=r"mixer must be one of \('ss2d', 'none'\), got 'conv'"):
+        create_model("vmunetv2", mixer="conv", **TINY_V2)
+
+
+def test_vmunetv2_noscan_card_matches_vmunetv2s():
+    full, noscan = get_card("vmunetv2"), get_card("vmunetv2_noscan")
+    for field in ("output", "train_output", "input_divisor", "needs_mamba_ssm", "pretrained", "test_kwargs"):
+        assert getattr(noscan, field) == getattr(full, field), field

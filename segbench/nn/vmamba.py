@@ -22,6 +22,11 @@ from torch import nn
 from segbench.nn.selective_scan import selective_scan_fn
 
 SCAN_DIRECTIONS = 4
+# What mixes the tokens inside SS2D: the 4-direction selective scan, or nothing (the no-scan control:
+# the scan's output is replaced by its input, so a block keeps in_proj, the 3x3 depthwise conv, SiLU,
+# out_norm, the SiLU(z) gate and out_proj; close to the Gated CNN block that MambaOut, Yu & Wang 2024,
+# obtains by removing the SSM from a Mamba block).
+MIXERS = ("ss2d", "none")
 
 
 class PatchEmbed2D(nn.Module):
@@ -117,6 +122,11 @@ class SS2D(nn.Module):
     (``dt_projs_weight[k]``, ``dt_projs_bias[k]``), A (``A_logs`` rows k*D..(k+1)*D) and D skip
     (``Ds``). These are raw ``nn.Parameter``s, as upstream, which is why thop-style counts miss them.
     The scan runs in float32 (float64 for float64 inputs) with autocast off.
+
+    ``mixer="none"`` builds none of those per-direction tensors and passes the activated conv output
+    straight to ``out_norm``: the identity in place of cross-scan, selective scan and cross-merge.
+    (The scan with its state path cut returns its D skip summed over the 4 directions, 4u at init;
+    ``out_norm`` makes that factor irrelevant.)
     """
 
     def __init__(
@@ -131,12 +141,27 @@ class SS2D(nn.Module):
         dt_scale: float = 1.0,
         dt_init_floor: float = 1e-4,
         scan_backend: str = "auto",
+        mixer: str = "ss2d",
     ):
         super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"SS2D: mixer must be one of {MIXERS}, got {mixer!r}; fix the model's mixer argument")
         self.d_state = d_state
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
+        self.mixer = mixer
+        if mixer == "ss2d":
+            self._build_scan_parameters(d_state, dt_min, dt_max, dt_scale, dt_init_floor)
+
+        inner = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * inner, bias=False)
+        self.conv2d = nn.Conv2d(inner, inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=inner, bias=True)
+        self.act = nn.SiLU()
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def _build_scan_parameters(self, d_state: int, dt_min: float, dt_max: float, dt_scale: float, dt_init_floor: float):
         k, inner, rank = SCAN_DIRECTIONS, self.d_inner, self.dt_rank
 
         # nn.Linear's default init (kaiming uniform, a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -153,12 +178,6 @@ class SS2D(nn.Module):
         self.A_logs._no_weight_decay = True
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.Ds._no_weight_decay = True
-
-        self.in_proj = nn.Linear(d_model, 2 * inner, bias=False)
-        self.conv2d = nn.Conv2d(inner, inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=inner, bias=True)
-        self.act = nn.SiLU()
-        self.out_norm = nn.LayerNorm(inner)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
 
     def _scan_all_directions(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D, L) in the scan's compute dtype."""
@@ -188,6 +207,8 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        if self.mixer == "none":
+            return self.out_proj(self.out_norm(x.permute(0, 2, 3, 1)) * F.silu(z))
         y = self._scan_all_directions(x).transpose(1, 2).reshape(batch, height, width, -1)
         if not torch.is_autocast_enabled(x.device.type):
             y = y.to(x.dtype)  # a half-precision model without autocast; under autocast the norm runs in fp32 as upstream
@@ -197,26 +218,36 @@ class SS2D(nn.Module):
 class VSSBlock(nn.Module):
     """x + DropPath(SS2D(LayerNorm(x))); v0 has no MLP."""
 
-    def __init__(self, hidden_dim: int, drop_path: float = 0.0, d_state: int = 16, scan_backend: str = "auto"):
+    def __init__(
+        self, hidden_dim: int, drop_path: float = 0.0, d_state: int = 16, scan_backend: str = "auto", mixer: str = "ss2d"
+    ):
         super().__init__()
         self.ln_1 = nn.LayerNorm(hidden_dim)
-        self.self_attention = SS2D(hidden_dim, d_state=d_state, scan_backend=scan_backend)
+        self.self_attention = SS2D(hidden_dim, d_state=d_state, scan_backend=scan_backend, mixer=mixer)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.self_attention(self.ln_1(x)))
 
 
-def _blocks(dim: int, drop_paths: Sequence[float], d_state: int, scan_backend: str) -> nn.ModuleList:
-    return nn.ModuleList(VSSBlock(dim, rate, d_state, scan_backend) for rate in drop_paths)
+def _blocks(dim: int, drop_paths: Sequence[float], d_state: int, scan_backend: str, mixer: str = "ss2d") -> nn.ModuleList:
+    return nn.ModuleList(VSSBlock(dim, rate, d_state, scan_backend, mixer) for rate in drop_paths)
 
 
 class VSSLayer(nn.Module):
     """One encoder stage: VSS blocks, then (except in the last stage) patch merging."""
 
-    def __init__(self, dim: int, drop_paths: Sequence[float], downsample: bool, d_state: int = 16, scan_backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        drop_paths: Sequence[float],
+        downsample: bool,
+        d_state: int = 16,
+        scan_backend: str = "auto",
+        mixer: str = "ss2d",
+    ):
         super().__init__()
-        self.blocks = _blocks(dim, drop_paths, d_state, scan_backend)
+        self.blocks = _blocks(dim, drop_paths, d_state, scan_backend, mixer)
         self.downsample = PatchMerging2D(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,13 +302,14 @@ class VSSMEncoder(nn.Module):
         drop_path_rate: float = 0.2,
         patch_size: int = 4,
         scan_backend: str = "auto",
+        mixer: str = "ss2d",
     ):
         super().__init__()
         self.dims = stage_dims(embed_dim, len(depths))
         self.patch_embed = PatchEmbed2D(patch_size, in_chans, embed_dim)
         rates = _split_by_stage(_drop_path_rates(depths, drop_path_rate), depths)
         self.layers = nn.ModuleList(
-            VSSLayer(dim, stage_rates, downsample=i < len(depths) - 1, d_state=d_state, scan_backend=scan_backend)
+            VSSLayer(dim, stage_rates, i < len(depths) - 1, d_state, scan_backend, mixer)
             for i, (dim, stage_rates) in enumerate(zip(self.dims, rates))
         )
         self.apply(_vssm_init)
