@@ -151,9 +151,10 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def count_parameters(model: nn.Module, size: int = 64) -> dict[str, int]:
+def count_parameters(model: nn.Module, size: int = 256) -> dict[str, int]:
     """``total``: all parameters. ``paper``: thop's count, i.e. the parameters of leaf modules of
-    known types that run in a forward pass (one pass at ``size`` finds them)."""
+    known types that run in a forward pass (one pass at ``size`` finds them; 256 as the papers, and
+    deep nets such as the 7-stage ResEnc U-Net need an input of at least 128)."""
     executed = _executed_leaves(model, size)
     paper = sum(
         p.numel()

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbench.complexity import count_flops, count_parameters
+from segbench.complexity import _by_module_and_operator, count_flops, count_parameters
+from segbench.nn.vmamba import SCAN_DIRECTIONS
 from segbench.registry import create_model
 
 
@@ -120,3 +121,41 @@ def test_vmunet_class_defaults_count_as_the_vmunetv2_paper_table():
     flops = count_flops(model, 256)
     assert round(flops["macs_no_scan_g"], 2) == 7.56
     assert flops["macs_no_scan_g"] == pytest.approx(7.562330112, abs=1e-9)
+
+
+def _scan_flops(layer, length: int) -> int:
+    """What an SS2D's scan adds in fvcore's count: the x_proj and dt_proj einsums and VMamba's
+    9*L*D*N + L*D for the scan, D = 4 directions x d_inner."""
+    inner, rank, state = layer.d_inner, layer.dt_rank, layer.d_state
+    einsums = SCAN_DIRECTIONS * length * inner * (rank + 2 * state) + SCAN_DIRECTIONS * length * rank * inner
+    channels = SCAN_DIRECTIONS * inner
+    return einsums + 9 * length * channels * state + length * channels
+
+
+def test_noscan_counts_are_vmunetv2s_without_the_scan():
+    """Per VSS block of the used stages, the fvcore difference is the scan's own work; thop-style
+    counts are equal (thop never saw the scan); the discarded last stage is dead code without the scan."""
+    toy = {"embed_dim": 16, "mid_channel": 8, "depths": [1, 1, 1, 1]}
+    torch.manual_seed(0)
+    full, noscan = create_model("vmunetv2", **toy).eval(), create_model("vmunetv2_noscan", **toy).eval()
+    inputs = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        full_counts, noscan_counts = _by_module_and_operator(full, inputs), _by_module_and_operator(noscan, inputs)
+    for stage, side in enumerate((16, 8, 4)):
+        name = f"vmunet.layers.{stage}.blocks.0.self_attention"
+        layer = full.get_submodule(name)
+        difference = full_counts[name]["fvcore"] - noscan_counts[name]["fvcore"]
+        assert difference == pytest.approx(_scan_flops(layer, side * side), rel=1e-4)  # fvcore rounds einsums to 4 digits
+        assert full_counts[name]["thop"] == noscan_counts[name]["thop"]
+    assert noscan_counts["vmunet.layers.3"]["fvcore"] == 0 and full_counts["vmunet.layers.3"]["fvcore"] > 0
+    assert count_flops(noscan, 64)["macs_no_scan_g"] == count_flops(full, 64)["macs_no_scan_g"]
+    assert count_parameters(noscan, 64)["paper"] == count_parameters(full, 64)["paper"]
+
+
+@pytest.mark.slow
+def test_vmunetv2_noscan_counts():
+    model = create_model("vmunetv2_noscan")
+    assert count_parameters(model) == {"total": 17_944_822, "paper": 17_907_958}  # paper: as vmunetv2
+    flops = count_flops(model, 256)
+    assert flops["macs_no_scan_g"] == pytest.approx(4.400107808, abs=1e-9)  # as vmunetv2
+    assert flops["flops_g"] == pytest.approx(3.805661056, abs=1e-9)
