@@ -1,16 +1,21 @@
-"""Load ImageNet-pretrained encoder weights into the benchmark's models, as the official code does.
+"""Load ImageNet-pretrained encoder weights into the benchmark's models, as the official code does,
+and write a trained model's encoder in the same format (``save_encoder_checkpoint``).
 
 - ``vmunetv2``: VMamba v0-S (``vssmsmall_dp03_ckpt_epoch_238.pth``, weights in ``ckpt['model']``,
   old key names) into ``model.vmunet`` by name: only keys that exist there are taken
   (``layers.2`` takes the first 9 of the checkpoint's 27 blocks; ``norm``/``head`` are dropped).
+- ``vmunetv2_noscan``: the same; the scan tensors it does not have are left in the file.
 - ``vmunet``: the same, then the encoder stages mirrored into the decoder
   (``layers.0 -> layers_up.3``, ``1 -> 2``, ``2 -> 1``, ``3 -> 0``), again by name.
 - ``unetv2``: PVTv2-b2 (the official ``pvt_v2_b2.pth`` names or timm's) into ``model.encoder``,
   a timm ``features_only`` network.
+- ``unet_resnet50``: a ResNet with torchvision's names (smp's ``resnet50.imagenet`` safetensors, or
+  torchvision's ``resnet50-<sha256 prefix>.pth``; ``fc`` is dropped) into ``model.encoder``.
 
-Files are read with ``torch.load(weights_only=True)``; if the checkpoint also stores a training
-config, a small allow-list of plain data types is admitted (never arbitrary objects).
-A shape mismatch is an error naming the key; a file of which nothing matches is an error.
+Files are read with ``torch.load(weights_only=True)`` (or safetensors); if the checkpoint also
+stores a training config, a small allow-list of plain data types is admitted (never arbitrary
+objects). A file named as torchvision names its downloads (``name-<hex>.pth``) must have a sha256
+that starts with that hex, as ``torch.hub`` checks. Every error is one line naming the file.
 """
 from __future__ import annotations
 
@@ -24,7 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-SUPPORTED_MODELS = ("vmunetv2", "vmunet", "unetv2")
+from segbench.io import atomic_path, sha256_file
+
+VMAMBA_MODELS = ("vmunetv2", "vmunetv2_noscan", "vmunet")
+PVT_MODELS = ("unetv2",)
+RESNET_MODELS = ("unet_resnet50",)
+SUPPORTED_MODELS = (*VMAMBA_MODELS, *PVT_MODELS, *RESNET_MODELS)
+EXPECTED_FILES = {
+    **dict.fromkeys(VMAMBA_MODELS, "VMamba v0 small, vssmsmall_dp03_ckpt_epoch_238.pth"),
+    **dict.fromkeys(PVT_MODELS, "pvt_v2_b2.pth"),
+    **dict.fromkeys(RESNET_MODELS, "a torchvision-named ResNet, resnet50.imagenet.safetensors or resnet50-19c8e357.pth"),
+}
 
 # Weight sources for the model cards. Neither project publishes a checksum; the download step
 # records the sha256 it saw.
@@ -38,6 +53,18 @@ PVT_V2_B2 = {
     "sha256": None,
     "filename": "pvt_v2_b2.pth",
 }
+# What smp 0.6.0 itself downloads for Unet("resnet50", encoder_weights="imagenet") (encoders/resnet.py:
+# smp-hub/resnet50.imagenet at the pinned revision, model.safetensors); its model card names the
+# original torchvision file https://download.pytorch.org/models/resnet50-19c8e357.pth, which loads too.
+RESNET50_IMAGENET = {
+    "url": "https://huggingface.co/smp-hub/resnet50.imagenet/resolve/00cb74e366966d59cd9a35af57e618af9f88efe9/model.safetensors",
+    "sha256": None,
+    "filename": "resnet50.imagenet.safetensors",
+}
+
+# torchvision / torch.hub file names end in -<first hex digits of the file's sha256>.<ext>
+_TORCHVISION_HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _ConfigNodeAsOrderedDict:
@@ -60,27 +87,67 @@ def _config_allow_list() -> list:
     ]
 
 
+def _first_sentence(error: BaseException) -> str:
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    return re.split(r"(?<=[^.])\.\s|\n", text, maxsplit=1)[0].rstrip(".")
+
+
+def _check_name_hash(path: Path) -> None:
+    match = _TORCHVISION_HASH_PREFIX.search(path.name)
+    if match is None:
+        return
+    prefix, digest = match.group(1), sha256_file(path)
+    if not digest.startswith(prefix):
+        raise ValueError(
+            f"{path}: its name carries the sha256 prefix {prefix} (torchvision's naming) but the file's sha256 "
+            f"starts {digest[:len(prefix)]}; the file is damaged or is not the one named: download it again"
+        )
+
+
+def _unpickling_refusal(path: Path, error: pickle.UnpicklingError) -> str:
+    text = _ANSI_ESCAPE.sub("", str(error))
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return (
+            f"{path}: refusing to unpickle it: it holds {unsafe.group(1)}, which is neither a tensor nor plain "
+            f"config data, and loading it would run code from the file; if you trust the file, re-save only "
+            f"its weights (torch.save({{'model': torch.load(f, weights_only=False)['model']}}, out)) and load that"
+        )
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return (
+        f"{path}: not a torch checkpoint (the unpickler found {reason.group(1).strip() if reason else _first_sentence(error)}); "
+        f"download it again (an HTML error page saved under the weights' name looks like this)"
+    )
+
+
 def read_checkpoint(path: str | Path) -> object:
     """Read a weight file safely: safetensors, or a torch file under ``weights_only``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weight file {path} does not exist; download it first (see the model card's url)")
+        raise FileNotFoundError(f"{path}: pretrained weight file not found; download it first (the model card's url, segbench fetch-weights)")
+    _check_name_hash(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({_first_sentence(error)}); download it again") from None
+    try:
+        return _torch_load(path)
+    except pickle.UnpicklingError as error:
+        raise ValueError(_unpickling_refusal(path, error)) from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: damaged or truncated torch file ({_first_sentence(error) or 'empty'}); download it again") from None
+
+
+def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first_error:
-        try:
-            with torch.serialization.safe_globals(_config_allow_list()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{path}: refusing to unpickle it: it holds objects that are neither tensors nor plain "
-                f"config data ({error}). Loading it would run code from the file. If you trust it, re-save "
-                f"only the weights, e.g. torch.save({{'model': torch.load(f, weights_only=False)['model']}}, out)."
-            ) from first_error
+    except pickle.UnpicklingError:
+        with torch.serialization.safe_globals(_config_allow_list()):
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _state_dict_in(checkpoint: object, path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -107,8 +174,8 @@ def _matching(source: dict[str, torch.Tensor], target: nn.Module, path: Path, pr
         if tensor.shape != expected[key].shape:
             raise ValueError(
                 f"{path}: tensor {key!r} has shape {tuple(tensor.shape)} but the model's {prefix}{key} is "
-                f"{tuple(expected[key].shape)}; the file does not fit this configuration (pretrained weights "
-                "need the default widths: embed_dim 96 / PVTv2-b2)"
+                f"{tuple(expected[key].shape)}; the file does not fit this configuration: build the model as the "
+                "file was written (the ImageNet files need the default widths: embed_dim 96, PVTv2-b2, ResNet-50)"
             )
         matched[key] = tensor
     return matched
@@ -135,6 +202,16 @@ def _pvt_feature_names(source: dict[str, torch.Tensor]) -> dict[str, str]:
     return {re.sub(r"^stages\.(\d+)\.", r"stages_\1.", new): old for new, old in timm_names.items()}
 
 
+def _check_supported(model_name: str) -> None:
+    if model_name not in SUPPORTED_MODELS:
+        raise ValueError(f"no pretrained encoder format for model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+
+
+def _encoder(model: nn.Module, model_name: str) -> tuple[nn.Module, str]:
+    """The module that holds the pretrained encoder, and its attribute path for messages."""
+    return (model.vmunet, "vmunet.") if model_name in VMAMBA_MODELS else (model.encoder, "encoder.")
+
+
 def load_pretrained(model: nn.Module, model_name: str, path: str | Path) -> dict[str, int]:
     """Load the encoder weights in ``path`` into ``model`` (built by ``create_model(model_name)``).
 
@@ -143,35 +220,27 @@ def load_pretrained(model: nn.Module, model_name: str, path: str | Path) -> dict
     ``encoder``/``decoder`` for vmunet. Prints the same.
     """
     path = Path(path)
-    if model_name not in SUPPORTED_MODELS:
-        raise ValueError(f"no pretrained loader for model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+    _check_supported(model_name)
     checkpoint = read_checkpoint(path)
+    target, prefix = _encoder(model, model_name)
+    source = _state_dict_in(checkpoint, path, ("model",) if model_name in VMAMBA_MODELS else ("model", "state_dict"))
+    names = _pvt_feature_names(source) if model_name in PVT_MODELS else {key: key for key in source}
+    loaded = _matching({new: source[old] for new, old in names.items()}, target, path, prefix)
+    used = {names[key] for key in loaded}
 
     counts: dict[str, int] = {}
-    if model_name in ("vmunetv2", "vmunet"):
-        source = _state_dict_in(checkpoint, path, ("model",))
-        target = model.vmunet
-        loaded = _matching(source, target, path, "vmunet.")
-        used = set(loaded)
-        if model_name == "vmunet":
-            names = _mirrored_names(source, len(target.layers))
-            decoder = _matching({new: source[old] for new, old in names.items()}, target, path, "vmunet.")
-            loaded.update(decoder)
-            used |= {names[key] for key in decoder}
-            counts.update(encoder=len(loaded) - len(decoder), decoder=len(decoder))
-    else:
-        source = _state_dict_in(checkpoint, path, ("model", "state_dict"))
-        target = model.encoder
-        names = _pvt_feature_names(source)
-        loaded = _matching({new: source[old] for new, old in names.items()}, target, path, "encoder.")
-        used = {names[key] for key in loaded}
+    if model_name == "vmunet":
+        mirrored = _mirrored_names(source, len(target.layers))
+        decoder = _matching({new: source[old] for new, old in mirrored.items()}, target, path, prefix)
+        counts.update(encoder=len(loaded), decoder=len(decoder))
+        loaded.update(decoder)
+        used |= {mirrored[key] for key in decoder}
 
     if not loaded:
-        expected = list(target.state_dict())[:5]
         raise ValueError(
             f"{path}: none of its {len(source)} tensors matches the {model_name} encoder by name "
-            f"(file has e.g. {list(source)[:5]}, the model expects e.g. {expected}); is it the right file "
-            f"({'VMamba v0 small, vssmsmall_dp03_ckpt_epoch_238.pth' if model_name != 'unetv2' else 'pvt_v2_b2.pth'})?"
+            f"(file has e.g. {list(source)[:5]}, the model expects e.g. {list(target.state_dict())[:5]}); "
+            f"is it the right file ({EXPECTED_FILES[model_name]})?"
         )
     target.load_state_dict(loaded, strict=False)  # names and shapes were checked above
     counts.update(
@@ -185,3 +254,33 @@ def load_pretrained(model: nn.Module, model_name: str, path: str | Path) -> dict
         + f", missing {counts['missing']}, unexpected (unused) {counts['unexpected']}"
     )
     return counts
+
+
+def encoder_state_dict(model: nn.Module, model_name: str) -> dict[str, torch.Tensor]:
+    """The model's encoder under the upstream checkpoint's names: VMamba v0 (``patch_embed.*``,
+    ``layers.*``), timm PVTv2 (``stages.i.*``), torchvision ResNet (``conv1.*``, ``layer1.*``)."""
+    _check_supported(model_name)
+    target, _ = _encoder(model, model_name)
+    state = target.state_dict()
+    if model_name in VMAMBA_MODELS:
+        return {key: value for key, value in state.items() if key.startswith(("patch_embed.", "layers."))}
+    if model_name in PVT_MODELS:
+        return {re.sub(r"^stages_(\d+)\.", r"stages.\1.", key): value for key, value in state.items()}
+    return dict(state)
+
+
+def save_encoder_checkpoint(model: nn.Module, model_name: str, path: str | Path) -> int:
+    """Write the encoder of ``model`` where ``load_pretrained`` reads it, in the upstream format:
+    ``{"model": tensors}`` for VMamba, a flat dict for PVTv2 and ResNet; a ``.safetensors`` path gets
+    the flat dict as safetensors. Returns the number of tensors written."""
+    path = Path(path)
+    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in encoder_state_dict(model, model_name).items()}
+    with atomic_path(path) as temporary:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(temporary))
+        else:
+            torch.save({"model": tensors} if model_name in VMAMBA_MODELS else tensors, temporary)
+    print(f"encoder of {model_name} -> {path}: {len(tensors)} tensors")
+    return len(tensors)
