@@ -223,6 +223,8 @@ def test_markdown_tables_fit_a_screen(built):
     assert "Part 1 of 2: mIoU (%), DSC (%)." in text and "Part 2 of 2: Acc (%), Spe (%), Sen (%)." in text
     # LaTeX keeps the whole table: one tabular with all 17 columns
     assert r"\begin{tabular}{llrrrrrrrrrrrrrrr}" in (root / "reports" / "table1_isic.tex").read_text()
+    for path in sorted((root / "reports").glob("*.tex")):  # every symbol escaped: any LaTeX engine reads it
+        assert path.read_text().isascii(), path.name
 
 
 def test_table1_cells_paper_order_and_bold_best(built):

@@ -184,7 +184,8 @@ def section_markdown(section: Section) -> str:
 _TEX = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
-    "×": r"$\times$", "≥": r"$\geq$", "—": "---", "–": "--",
+    "×": r"$\times$", "≥": r"$\geq$", "—": "---", "–": "--", "−": "$-$", "α": r"$\alpha$", "φ": r"$\varphi$",
+    "“": "``", "”": "''",
 }
 
 
