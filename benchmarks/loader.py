@@ -1,9 +1,9 @@
 """Training data path against the training step it feeds, on the CPU at batch 8.
 
 The data path is what segbench.train runs before each forward pass: the resized uint8 cache read
-once (segbench.data.load_cache), then per step a sorted slice of a seeded permutation, numpy
-indexing, segbench.train._to_batch and segbench.transforms.augment_batch (flips and rotation on the
-batched tensors). The step is one VM-UNetV2 training step on a prepared batch (forward, BCE+Dice,
+once (segbench.data.load_cache), then per step a sorted slice of a seeded permutation
+(segbench.train.epoch_batches) and segbench.train.training_batch (numpy indexing, scaling, flips and
+rotation on the batched tensors). The step is one VM-UNetV2 training step on a prepared batch (forward, BCE+Dice,
 backward, AdamW), at the smoke size (config/smoke.yaml widths, 64x64) and at the paper size (registry
 defaults, 256x256). Target (issue 7): the data path delivers >= 5x the images/second the step consumes.
 
@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -36,8 +35,7 @@ from segbench.data import load_cache  # noqa: E402
 from segbench.losses import BceDiceLoss  # noqa: E402
 from segbench.nn import selective_scan as scan  # noqa: E402
 from segbench.registry import create_model, get_card  # noqa: E402
-from segbench.train import _epoch_generator, _forward, _to_batch  # noqa: E402
-from segbench.transforms import augment_batch  # noqa: E402
+from segbench.train import _epoch_generator, epoch_batches, forward, training_batch  # noqa: E402
 
 DATASET = "isic17"
 MODEL = "vmunetv2"
@@ -75,19 +73,17 @@ class DataPath:
         self._new_epoch()
 
     def _new_epoch(self) -> None:
-        self.order = torch.randperm(len(self.images), generator=_epoch_generator(0, self.epoch, 1)).numpy()
+        order = torch.randperm(len(self.images), generator=_epoch_generator(0, self.epoch, 1)).numpy()
+        self.batches = epoch_batches(order, self.batch)[: self.steps_per_epoch]
         self.generator = _epoch_generator(0, self.epoch, 2)
         self.epoch, self.step = self.epoch + 1, 0
 
     def next_batch(self):
         if self.step == self.steps_per_epoch:
             self._new_epoch()
-        index = np.sort(self.order[self.step * self.batch : (self.step + 1) * self.batch])
+        index = self.batches[self.step]
         self.step += 1
-        images, masks = _to_batch(self.images[index], self.masks[index], CPU)
-        cfg = self.train_cfg
-        return augment_batch(images.float(), masks, self.generator, hflip=cfg["hflip"], vflip=cfg["vflip"],
-                             rotate=cfg["rotate"])
+        return training_batch(self.images, self.masks, index, self.train_cfg, self.generator, CPU)
 
     def time_steps(self, steps: int) -> list[float]:
         timings = []
@@ -101,16 +97,16 @@ class DataPath:
 class TrainStep:
     """One VM-UNetV2 training step on a fixed, already prepared batch."""
 
-    def __init__(self, model_kwargs: dict, batch_images, batch_masks, scaling: str):
+    def __init__(self, model_kwargs: dict, batch_images, batch_masks):
         torch.manual_seed(0)
         self.model = create_model(MODEL, **model_kwargs).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.01)
         self.criterion = BceDiceLoss(get_card(MODEL).output)
-        self.images, self.masks, self.scaling = batch_images, batch_masks, scaling
+        self.images, self.masks = batch_images, batch_masks
 
     def time_step(self) -> float:
         started = time.perf_counter()
-        loss = self.criterion(_forward(self.model, self.images, self.scaling, False, CPU), self.masks)
+        loss = self.criterion(forward(self.model, self.images, False, CPU), self.masks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -120,7 +116,7 @@ class TrainStep:
 def measure(label: str, cache_file: Path, model_kwargs: dict, batch: int, train_cfg: dict, rounds: int,
             loader_steps: int) -> dict:
     data_path = DataPath(cache_file, batch, train_cfg)
-    step = TrainStep(model_kwargs, *data_path.next_batch(), train_cfg["input_scaling"])
+    step = TrainStep(model_kwargs, *data_path.next_batch())
     data_path.time_steps(2)
     step.time_step()  # warm-up: allocations, the scan kernel's first load
     loader_times, step_times = [], []

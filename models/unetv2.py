@@ -28,10 +28,12 @@ class UNetV2(UNetV2Decoder):
         deep_supervision: bool = True,
         encoder: str = "pvt_v2_b2",
         input_normalization: str = "imagenet",
+        drop_path_rate: float = 0.1,
     ):
         if input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"UNetV2: input_normalization must be one of {INPUT_NORMALIZATIONS}, got {input_normalization!r}")
-        backbone = timm.create_model(encoder, pretrained=False, features_only=True)
+        # 0.1 as the official pvt_v2_b2 (PolypSeg/unet_v2/pvtv2.py); timm's default would be 0
+        backbone = timm.create_model(encoder, pretrained=False, features_only=True, drop_path_rate=drop_path_rate)
         super().__init__(backbone.feature_info.channels(), channel, num_classes)
         self.encoder = backbone
         self.deep_supervision = deep_supervision
@@ -40,7 +42,7 @@ class UNetV2(UNetV2Decoder):
         self.register_buffer("pixel_mean", 255.0 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", 255.0 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         if self.input_normalization == "imagenet":
@@ -49,8 +51,9 @@ class UNetV2(UNetV2Decoder):
         p1 = heads[3]
         if not self.deep_supervision:
             return p1
+        # structure_loss in upstream's Train.py resizes P2 to the mask the same way before its loss
         p2 = F.interpolate(heads[2], size=p1.shape[-2:], mode="bilinear", align_corners=False)
-        return p1 + p2
+        return [p1, p2] if self.training else p1 + p2
 
 
 @register_model(
@@ -58,15 +61,18 @@ class UNetV2(UNetV2Decoder):
         paper="Peng et al., U-Net v2: Rethinking the Skip Connections of U-Net for Medical Image Segmentation, arXiv:2311.17791 (2023)",
         origin="https://github.com/yaoppeng/U-Net_v2 @ 8a43be26 (PolypSeg/unet_v2/UNet_v2.py); encoder = timm pvt_v2_b2",
         output="logits",
+        train_output="heads",
         input_divisor=32,
         needs_mamba_ssm=False,
         pretrained=PVT_V2_B2,
         test_kwargs={"encoder": "pvt_v2_b0", "channel": 8},
         notes=(
-            "One output (our registry contract): with deep_supervision=True the logits P1 + interp(P2) "
-            "(bilinear, align_corners=False), exactly the map the upstream polyp test thresholds after a "
-            "sigmoid; upstream training instead returns [P1, P2] and sums two structure losses, so here both "
-            "heads are trained through their sum by one loss. deep_supervision=False returns P1. "
+            "With deep_supervision=True, as upstream's polyp code: in train mode the heads [P1, interp(P2)] "
+            "(train_output='heads': the trainer applies the recipe's loss to each and sums them, as upstream "
+            "sums two structure losses; our recipe's loss is BCE+Dice, not structure loss); in eval mode the "
+            "logits P1 + interp(P2) (bilinear, align_corners=False), exactly the map the upstream polyp test "
+            "thresholds after a sigmoid. deep_supervision=False returns P1. Encoder drop path 0.1 "
+            "(stochastic depth linspace(0, 0.1) over the 16 blocks), as upstream's pvt_v2_b2. "
             "Input: the benchmark feeds 0..255 (per-image min-max); input_normalization='imagenet' (default) "
             "divides by 255 and applies the ImageNet mean/std that upstream's PVT pipeline uses, 'none' feeds "
             "the input unchanged. Parameters: 25,145,036 total, equal to the official count (the timm "

@@ -29,11 +29,12 @@ def _train(args) -> None:
 
     cfg = load_config(args.config)
     with _gpu_slot_for(cfg["train"]["device"]):
-        train_run(cfg, args.protocol, args.variant, args.seed, args.out)
+        train_run(cfg, args.protocol, args.variant, args.seed, args.out, restart=args.restart)
 
 
 def _evaluate(args) -> None:
     from segbench.evaluate import evaluate_run
+    from segbench.fingerprint import check_manifest
     from segbench.nn.selective_scan import set_default_backend
     from segbench.train import load_trained, select_device
 
@@ -42,9 +43,12 @@ def _evaluate(args) -> None:
     with _gpu_slot_for(cfg["train"]["device"]):
         device = select_device(cfg["train"]["device"])
         model, card, manifest = load_trained(args.run, device)
-        meta = {key: manifest[key] for key in ("protocol", "variant", "model", "seed")}
-        metrics = evaluate_run(model, card, cfg, args.test_set, args.out, meta, device)
-    print(json.dumps({key: metrics[key] for key in ("n_images", "pooled", "per_image")}, indent=2))
+        check_manifest(cfg, manifest, args.run)
+        meta = {key: manifest[key] for key in ("protocol", "variant", "model", "seed", "fingerprint_sha256")}
+        for test_set in args.test_sets:
+            metrics = evaluate_run(model, card, cfg, test_set, Path(args.out) / test_set, meta, device)
+            print(json.dumps({"test_set": test_set, **{key: metrics[key] for key in ("n_images", "pooled", "per_image")}},
+                             indent=2))
 
 
 def _score(args) -> None:
@@ -133,13 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", required=True, help="a model name from the config, or an ablation cell")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--out", required=True, help="run folder (model.pt, train_log.csv, manifest.json)")
+    train.add_argument("--restart", action="store_true",
+                       help="discard the run folder's checkpoints and train anew (a checkpoint made with another "
+                            "config is otherwise refused, never resumed)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained run on one test set")
     evaluate.add_argument("--config", required=True)
     evaluate.add_argument("--run", required=True, help="run folder written by segbench train")
-    evaluate.add_argument("--test-set", required=True)
-    evaluate.add_argument("--out", required=True, help="folder for metrics.json, per_image.csv, predictions.npz")
+    evaluate.add_argument("--test-sets", nargs="+", required=True, metavar="TEST_SET")
+    evaluate.add_argument("--out", required=True,
+                          help="folder of the run's evaluations: <out>/<test set>/{metrics.json,per_image.csv,predictions.npz}")
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score", help="score a folder of predicted masks against ground truth")

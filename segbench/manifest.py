@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from segbench.fingerprint import digest
 from segbench.io import sha256_file, write_json
 
 _PACKAGES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "fvcore", "numpy",
@@ -53,7 +54,11 @@ def write(path: Path, cfg: dict, run: dict, weights_file: Path) -> None:
             "cache_file": str(run["data_file"]), "cache_sha256": sha256_file(run["data_file"]),
             "split_file": str(split_file), "split_sha256": sha256_file(split_file) if split_file.exists() else None,
         },
+        "init": "pretrained" if pretrained else "scratch",
         "pretrained": {"file": pretrained, "sha256": sha256_file(pretrained)} if pretrained else None,
+        "fingerprint": run["fingerprint"],
+        "fingerprint_sha256": digest(run["fingerprint"]),
+        "cost": run["cost"],
         "weights_sha256": sha256_file(weights_file),
         "selected_checkpoint": run["best"] if cfg["train"]["checkpoint"] == "best_val" else "last",
         "device": describe_device(run["device"]),

@@ -49,7 +49,9 @@ def augment_batch(
 
     Random numbers come from ``generator`` (on the CPU) so a run is reproducible whatever the
     device. Rotation uses nearest sampling and zero fill, as torchvision's default rotate does in
-    the official pipeline; ``fixed_angle`` reproduces its one-angle-per-run quirk.
+    the official pipeline; ``fixed_angle`` reproduces its one-angle-per-run quirk. The official
+    pipeline scales each image (``scale_input``) before it rotates it, so the fill is the scaled
+    minimum: pass images that are already scaled.
     """
     batch = images.shape[0]
     draws = torch.rand(batch, 4, generator=generator)

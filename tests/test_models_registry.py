@@ -29,14 +29,19 @@ def tiny(request):
 def test_forward_backward_on_cpu(tiny):
     name, card, model = tiny
     images = torch.rand(2, 3, 64, 64) * 255
-    output = model(images)
-    assert output.shape == (2, 1, 64, 64), name
-    assert torch.isfinite(output).all()
-    if card.output == "probabilities":
-        assert 0 <= float(output.min()) and float(output.max()) <= 1
-    loss = to_probabilities(output, card).mean()
+    output = model.train()(images)
+    heads = output if card.train_output == "heads" else [output]
+    assert isinstance(heads, list) and heads, f"{name}: train_output={card.train_output!r} but got {type(output)}"
+    for head in heads:
+        assert head.shape == (2, 1, 64, 64), name
+        assert torch.isfinite(head).all()
+        if card.output == "probabilities":
+            assert 0 <= float(head.min()) and float(head.max()) <= 1
+    loss = sum(to_probabilities(head, card).mean() for head in heads)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        assert model.eval()(images).shape == (2, 1, 64, 64), f"{name}: eval mode must return one map"
 
 
 def test_state_dict_round_trip(tiny, tmp_path):

@@ -2,13 +2,17 @@
 import json
 import os
 
-from segbench.config import check_references, planned_runs, variant_spec
+from segbench.config import config_file_name, planned_runs, validate_config, variant_spec, variant_weights
 from segbench.data import cache_file
 from segbench.io import atomic_write
 
-check_references(config, "--configfile")
+validate_config(config, "--configfile")
 
 RESULTS = "results"
+# Every job reads the config of its own invocation, by content: two invocations with different
+# configs in one folder never hand each other's settings to a job.
+JOB_CONFIG = f"{RESULTS}/configs/{config_file_name(config)}"
+# The config of the latest invocation: what `dvc repro` reports on.
 RUN_CONFIG = f"{RESULTS}/run_config.yaml"
 RUN_DIR = f"{RESULTS}/{{protocol}}/{{variant}}/seed{{seed}}"
 RUNS = planned_runs(config)
@@ -22,18 +26,19 @@ wildcard_constraints:
 
 
 def write_run_config():
-    """results/run_config.yaml: the validated config every job reads; rewritten only when it changes."""
+    """The invocation's validated config, as JOB_CONFIG (written once) and as RUN_CONFIG (when it changes)."""
     import yaml
 
     text = yaml.safe_dump(config, sort_keys=True)
-    try:
-        with open(RUN_CONFIG) as handle:
-            if handle.read() == text:
-                return
-    except FileNotFoundError:
-        pass
-    with atomic_write(RUN_CONFIG) as handle:
-        handle.write(text)
+    for path in (JOB_CONFIG, RUN_CONFIG):
+        try:
+            with open(path) as handle:
+                if handle.read() == text:
+                    continue
+        except FileNotFoundError:
+            pass
+        with atomic_write(path) as handle:
+            handle.write(text)
 
 
 def cache_for(dataset):
@@ -55,7 +60,7 @@ def job_spec(*sections, variant=None):
 
 def pretrained_file(variant):
     """The pretrained file a variant's training reads, as an input (ancient: a restored copy is not news)."""
-    path = config["pretrained"].get(variant_spec(config, variant)[0])
+    path = variant_weights(config, variant)
     return [ancient(path)] if path else []
 
 

@@ -2,7 +2,7 @@ rule profile:
     output:
         f"{RESULTS}/profile/{{variant}}.json",
     params:
-        run_config=RUN_CONFIG,
+        run_config=JOB_CONFIG,
         spec=lambda wc: job_spec("profile", "scan_backend", variant=wc.variant),
     log:
         "logs/profile/{variant}.log",

@@ -7,7 +7,7 @@ rule train:
         log=f"{RUN_DIR}/train_log.csv",
         manifest=f"{RUN_DIR}/manifest.json",
     params:
-        run_config=RUN_CONFIG,
+        run_config=JOB_CONFIG,
         spec=lambda wc: job_spec("train", "data", "image_size", "scan_backend", "pretrained", variant=wc.variant),
         run_dir=lambda wc, output: os.path.dirname(output.model),
     log:
