@@ -71,3 +71,26 @@ def test_prepared_synthetic_folder_follows_the_processed_convention(tmp_path):
             assert image.mode == "RGB" and mask.mode == "L"
             assert image.size == mask.size == (item["width"], item["height"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cvc300"], "no temporary folder left behind"
+
+
+def test_polyp_test_sets_differ_from_the_training_set_as_the_real_ones_do():
+    """Kvasir and ClinicDB look like the training set; ETIS has smaller polyps, ColonDB less contrast,
+    CVC-300 another colour cast (the generalisation gap of the PraNet protocol)."""
+    settings = SyntheticSettings(seed=0, n_train=40, n_test=40, min_side=80, max_side=128)
+
+    def statistics(dataset):
+        items = list(generate(dataset, settings))
+        area = np.mean([(mask > 0).mean() for _, _, mask in items])
+        contrast = np.mean([np.abs(image[mask > 0].mean(0) - image[mask == 0].mean(0)).max() for _, image, mask in items])
+        colour = np.mean([image.reshape(-1, 3).mean(0) for _, image, _ in items], axis=0)
+        return area, contrast, colour
+
+    train_area, train_contrast, train_colour = statistics("polyp_train")
+    for dataset in ("kvasir", "clinicdb"):
+        area, contrast, colour = statistics(dataset)
+        assert abs(area / train_area - 1) < 0.25 and abs(contrast / train_contrast - 1) < 0.25
+        assert np.abs(colour - train_colour).max() < 10
+    assert statistics("etis")[0] < 0.3 * train_area
+    assert statistics("colondb")[1] < 0.75 * train_contrast
+    cast = statistics("cvc300")[2] - train_colour
+    assert cast[2] > 15 and cast[0] < -15, f"CVC-300's colour cast (R, G, B shift) is {cast}"

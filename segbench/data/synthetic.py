@@ -6,6 +6,12 @@ reddish mucosa texture. Lesion outlines are irregular (a radius that varies with
 size, contrast, colour and image size vary from image to image, with sides that are mostly not
 multiples of 32 so the resize step is exercised. Masks are 0/255.
 
+The polyp test sets differ from the training distribution the way the real ones do (a domain per
+dataset, ``POLYP_DOMAINS``), so the polyp protocol shows a generalisation gap: Kvasir-SEG and
+CVC-ClinicDB are drawn like the training set (the real training set is 900 Kvasir + 550 ClinicDB
+images); CVC-ColonDB has low-contrast polyps that blend into the mucosa; ETIS-LaribPolypDB has
+small polyps; CVC-300 (EndoScene) has another colour cast.
+
 Each dataset draws from its own generator (seed + dataset name), so preparing one dataset does not
 change another. Streams are numpy's PCG64: identical for a given numpy version.
 """
@@ -19,6 +25,28 @@ import numpy as np
 from PIL import Image
 
 from segbench.data.registry import get_dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class PolypDomain:
+    """How one polyp stand-in draws its images (ranges are uniform draws per image)."""
+
+    radius: tuple[float, float] = (0.12, 0.34)  # polyp radius as a fraction of the shorter side
+    contrast: tuple[float, float] = (0.25, 0.6)  # how strongly the polyp is shaded against the mucosa
+    tint_strength: float = 1.0  # 0: the polyp has the mucosa's colour; 1: its own pinkish tint
+    glare: float = 90.0  # brightness of the specular highlight
+    colour_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain of the whole image
+
+
+TRAINING_DOMAIN = PolypDomain()
+POLYP_DOMAINS = {
+    "polyp_train": TRAINING_DOMAIN,
+    "kvasir": TRAINING_DOMAIN,
+    "clinicdb": TRAINING_DOMAIN,
+    "colondb": PolypDomain(contrast=(0.12, 0.3), tint_strength=0.45, glare=40.0),
+    "etis": PolypDomain(radius=(0.07, 0.14)),
+    "cvc300": PolypDomain(colour_cast=(0.8, 1.05, 1.3)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +86,10 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
     return np.clip(np.asarray(field), -1.0, 1.0)
 
 
-def _blob(rng: np.random.Generator, height: int, width: int, polyp: bool):
+def _blob(rng: np.random.Generator, height: int, width: int, polyp: bool, radius_range=(0.12, 0.34)):
     """An irregular blob: mask, normalised radial distance r/R(theta), and offsets in radii."""
     side = min(height, width)
-    radius = side * rng.uniform(0.12, 0.34)
+    radius = side * rng.uniform(*radius_range)
     margin = radius * 0.6
     cy = rng.uniform(margin, height - margin)
     cx = rng.uniform(margin, width - margin)
@@ -92,30 +120,35 @@ def _skin_image(rng: np.random.Generator, height: int, width: int):
     return image, mask
 
 
-def _polyp_image(rng: np.random.Generator, height: int, width: int):
+def _polyp_image(rng: np.random.Generator, height: int, width: int, domain: PolypDomain = TRAINING_DOMAIN):
     mucosa = np.array([rng.uniform(170, 225), rng.uniform(70, 120), rng.uniform(60, 105)], np.float32)
     folds = 22 * _smooth_noise(rng, height, width, 6) + 8 * _smooth_noise(rng, height, width, 20)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     vignette = 1.0 - 0.45 * (((yy / height - 0.5) ** 2 + (xx / width - 0.5) ** 2) * 2)
     image = (mucosa + folds[..., None]) * vignette[..., None]
-    mask, distance, across, down = _blob(rng, height, width, polyp=True)
+    mask, distance, across, down = _blob(rng, height, width, polyp=True, radius_range=domain.radius)
     dome = np.sqrt(np.clip(1.0 - distance**2, 0, 1))
     tint = np.array([rng.uniform(0.95, 1.15), rng.uniform(0.75, 1.05), rng.uniform(0.75, 1.0)], np.float32)
-    contrast = rng.uniform(0.25, 0.6)
+    tint = 1.0 + domain.tint_strength * (tint - 1.0)
+    contrast = rng.uniform(*domain.contrast)
     shaded = image * tint * (1 - contrast + contrast * (0.6 + 0.7 * dome[..., None]))
     highlight_x, highlight_y = rng.uniform(-0.45, 0.45, 2)
     glare = np.exp(-((across - highlight_x) ** 2 + (down - highlight_y) ** 2) * rng.uniform(25, 60))
-    shaded += (90 * glare * mask)[..., None]
+    shaded += (domain.glare * glare * mask)[..., None]
     image = np.where(mask[..., None], shaded, image)
     image += rng.normal(0, 3, (height, width, 3)).astype(np.float32)
-    return image, mask
+    return image * np.array(domain.colour_cast, np.float32), mask
 
 
 def generate(dataset: str, settings: SyntheticSettings) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(id, image uint8 HxWx3, mask uint8 HxW 0/255)`` for every synthetic image of ``dataset``."""
     spec = get_dataset(dataset)
     rng = _rng(dataset, settings.seed)
-    draw = _skin_image if spec.kind == "isic" else _polyp_image
+    if spec.kind == "isic":
+        draw = _skin_image
+    else:
+        def draw(generator, height, width):
+            return _polyp_image(generator, height, width, POLYP_DOMAINS[dataset])
     for index in range(synthetic_count(dataset, settings)):
         height, width = rng.integers(settings.min_side, settings.max_side + 1, size=2)
         image, mask = draw(rng, int(height), int(width))
