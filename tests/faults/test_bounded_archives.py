@@ -1,7 +1,7 @@
-"""The independent attack on the suite, item 2: bounded archives. Archives whose members unpack to more than the caps (by their headers
-or while being read), members that do not unpack, and work folders of killed preparations, through the
-real `segbench data prepare` (and Snakemake): a one-line error naming the archive and the member, bounded
-memory, and nothing half-made in data/processed/."""
+"""The independent attack on the suite, item 2: bounded archives. Archives whose members unpack to more than
+the caps (by their headers or while being read), members that do not unpack, and work folders of killed
+preparations, through the real `segbench data prepare` (and Snakemake): a one-line error naming the archive
+and the member, bounded memory, and nothing half-made in data/processed/."""
 from __future__ import annotations
 
 import io

@@ -1,7 +1,7 @@
-"""The independent attack on the suite, item 4: checkpoints. A save killed at every step of its sequence keeps the progress (the real
-`segbench train` resumes from the newest checkpoint that verifies, never from scratch); a crafted
-last.pt.prev is refused like a crafted last.pt; a damaged checkpoint is a one-line message, never a
-traceback."""
+"""The independent attack on the suite, item 4: checkpoints. A save killed at every step of its sequence keeps
+the progress (the real `segbench train` resumes from the newest checkpoint that verifies, never from
+scratch); a crafted last.pt.prev is refused like a crafted last.pt; a damaged checkpoint is a one-line
+message, never a traceback."""
 from __future__ import annotations
 
 import hashlib

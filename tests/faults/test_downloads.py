@@ -1,7 +1,7 @@
-"""The independent attack on the suite, item 3: downloads, over real HTTP on 127.0.0.1 through `segbench data download`. A refused
-archive never locks its hash, so the good file downloads after it; a file that differs from the locked
-one is refused on one line that names data/raw/sha256.lock, both hashes and how to reset; a checksum
-mismatch is never retried."""
+"""The independent attack on the suite, item 3: downloads, over real HTTP on 127.0.0.1 through `segbench data
+download`. A refused archive never locks its hash, so the good file downloads after it; a file that differs
+from the locked one is refused on one line that names data/raw/sha256.lock, both hashes and how to reset; a
+checksum mismatch is never retried."""
 from __future__ import annotations
 
 import zipfile

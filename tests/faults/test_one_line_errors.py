@@ -1,6 +1,7 @@
-"""The independent attack on the suite, item 5: data errors on one line, the file first. A wrong split file, integrity report, prepared
-image or cache, through the real `segbench data split/check/cache` and `segbench train`: exit 2 and one
-line ``<file>: <what is wrong> (expected ..., found ...); <what to do>``, never a traceback."""
+"""The independent attack on the suite, item 5: data errors on one line, the file first. A wrong split file,
+integrity report, prepared image or cache, through the real `segbench data split/check/cache` and `segbench
+train`: exit 2 and one line ``<file>: <what is wrong> (expected ..., found ...); <what to do>``, never a
+traceback."""
 from __future__ import annotations
 
 import shutil

@@ -1,6 +1,6 @@
-"""The independent attack on the suite, item 1: permissions. On a cluster's shared filesystem collaborators must be able to read what
-segbench writes: every file the real commands write (download, prepare, split, cache, train) gets the mode
-``open()`` would give it under the umask, every folder the mode ``mkdir`` would."""
+"""The independent attack on the suite, item 1: permissions. On a cluster's shared filesystem collaborators
+must be able to read what segbench writes: every file the real commands write (download, prepare, split,
+cache, train) gets the mode ``open()`` would give it under the umask, every folder the mode ``mkdir`` would."""
 from __future__ import annotations
 
 import stat

@@ -69,10 +69,12 @@ def crafted_pretrained_file(tmp_path, data_root, marker):
 def crafted_final_weights(tmp_path, data_root, marker):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "manifest.json").write_text(json.dumps({
-        "protocol": "polyp", "variant": "unet", "model": "unet", "seed": 0, "model_kwargs": {"base_width": 4}}))
     torch.save({"conv.weight": payload(marker)}, run / "model.pt")
     assert_payload_is_live(run / "model.pt", marker, lambda path: torch.load(path, weights_only=False))
+    # The manifest vouches for the crafted file (its sha256), as a forged results folder would.
+    (run / "manifest.json").write_text(json.dumps({
+        "protocol": "polyp", "variant": "unet", "model": "unet", "seed": 0, "model_kwargs": {"base_width": 4},
+        "weights_sha256": hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()}))
     config = train_config(tmp_path / "c.yaml", data_root)
     out = run / "eval" / "kvasir"
     return run / "model.pt", ["evaluate", "--config", config, "--run", run, "--test-set", "kvasir", "--out", out], out
