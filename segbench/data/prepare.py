@@ -522,7 +522,7 @@ def prepare_real(
         return write_processed(dataset, pairs, out_dir, expected, report, advice, progress, workers, archive_paths)
     except (DownloadError, ArchiveReadError, UnsafeArchiveError) as error:
         _discard(None, Path(out_dir))
-        raise PrepareError(f"{error} Nothing was prepared for {dataset} (rule {RULE}).") from None
+        raise PrepareError(f"{str(error).rstrip('.')}. Nothing was prepared for {dataset} (rule {RULE}).") from None
     except BaseException:
         _discard(None, Path(out_dir))
         raise
