@@ -41,6 +41,7 @@ ITEMS = {
     "test_downloads": "8 downloads",
     "test_checkpoint_saves": "9 checkpoints",
     "test_one_line_errors": "10 one-line errors",
+    "test_config_binding": "11 results bound to their config, training edge cases",
 }
 
 # Faults whose proof lives in another part's tests (run here, not duplicated in tests/faults/).

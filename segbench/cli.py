@@ -32,6 +32,14 @@ def _train(args) -> None:
         train_run(cfg, args.protocol, args.variant, args.seed, args.out, restart=args.restart)
 
 
+def _pretrain(args) -> None:
+    from segbench.pretrain import pretrain_encoder, pretraining_model
+
+    cfg = load_config(args.config)
+    with _gpu_slot_for(cfg["train"]["device"]):
+        pretrain_encoder(cfg, pretraining_model(cfg, args.out), args.out)
+
+
 def _evaluate(args) -> None:
     from segbench.evaluate import evaluate_run
     from segbench.fingerprint import check_manifest
@@ -142,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "config is otherwise refused, never resumed)")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="score a trained run on one test set")
+    pretrain = commands.add_parser("pretrain", help="write a synthetic-pretraining encoder file (pretrain.models)")
+    pretrain.add_argument("--config", required=True)
+    pretrain.add_argument("--out", required=True, help="the encoder file, as named under pretrain.models")
+    pretrain.set_defaults(handler=_pretrain)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained run on its test sets")
     evaluate.add_argument("--config", required=True)
     evaluate.add_argument("--run", required=True, help="run folder written by segbench train")
     evaluate.add_argument("--test-sets", nargs="+", required=True, metavar="TEST_SET")

@@ -86,6 +86,10 @@ def check_references(cfg: dict, source: str) -> None:
             if name not in known:
                 raise ConfigError(f"{source}: {section}.{name}: unknown model {name!r}; registered: "
                                   f"{', '.join(sorted(known))}")
+    for name in cfg["pretrain"]["models"]:
+        if name not in known or not accepts_pretrained(name):
+            raise ConfigError(f"{source}: pretrain.models.{name}: {name!r} is not a registered model with a "
+                              f"pretrained loader (registered: {', '.join(sorted(known))})")
     for name in cfg["pretrained"]:
         if not accepts_pretrained(name):
             raise ConfigError(f"{source}: pretrained.{name}: model {name!r} has no pretrained loader (its builder "

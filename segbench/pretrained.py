@@ -20,6 +20,7 @@ that starts with that hex, as ``torch.hub`` checks. Every error is one line nami
 from __future__ import annotations
 
 import argparse
+import io
 import pickle
 import re
 from collections import OrderedDict
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segbench.io import atomic_path, sha256_file
+from segbench.io import atomic_write, sha256_file
 
 VMAMBA_MODELS = ("vmunetv2", "vmunetv2_noscan", "vmunet")
 PVT_MODELS = ("unetv2",)
@@ -275,12 +276,17 @@ def save_encoder_checkpoint(model: nn.Module, model_name: str, path: str | Path)
     the flat dict as safetensors. Returns the number of tensors written."""
     path = Path(path)
     tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in encoder_state_dict(model, model_name).items()}
-    with atomic_path(path) as temporary:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-            save_file(tensors, str(temporary))
-        else:
-            torch.save({"model": tensors} if model_name in VMAMBA_MODELS else tensors, temporary)
+        payload = save(tensors)
+    else:
+        # through a buffer: torch.save names the records inside the file after the file it writes, so
+        # writing the random temporary name directly would give every export different bytes
+        buffer = io.BytesIO()
+        torch.save({"model": tensors} if model_name in VMAMBA_MODELS else tensors, buffer)
+        payload = buffer.getvalue()
+    with atomic_write(path, "wb") as handle:
+        handle.write(payload)
     print(f"encoder of {model_name} -> {path}: {len(tensors)} tensors")
     return len(tensors)

@@ -154,3 +154,41 @@ def generate(dataset: str, settings: SyntheticSettings) -> Iterator[tuple[str, n
         image, mask = draw(rng, int(height), int(width))
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         yield f"{dataset}_{index:04d}", image, (mask.astype(np.uint8) * 255)
+
+
+def generate_shapes(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in for ImageNet pretraining data: ``count`` images (N, size, size, 3) uint8 of one generic
+    object (a polygon, star or ellipse in a random colour, often textured) on a random textured
+    background of another colour, with masks (N, size, size) 0/255. Neither skin nor mucosa: models
+    pretrained on it learn generic "segment the object" features, as ImageNet encoders bring generic
+    features to the medical tasks."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng([seed, zlib.crc32(b"shapes")])
+    images = np.empty((count, size, size, 3), np.uint8)
+    masks = np.empty((count, size, size), np.uint8)
+    for index in range(count):
+        background = rng.uniform(20, 235, 3).astype(np.float32)
+        foreground = np.clip(background + rng.choice([-1, 1], 3) * rng.uniform(40, 120, 3), 0, 255)
+        canvas = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(canvas)
+        cy, cx = rng.uniform(0.25, 0.75, 2) * size
+        radius = rng.uniform(0.1, 0.35) * size
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse([cx - radius, cy - radius * rng.uniform(0.5, 1.0), cx + radius,
+                          cy + radius * rng.uniform(0.5, 1.0)], fill=255)
+        else:
+            corners = int(rng.integers(3, 9)) * (2 if kind == 2 else 1)
+            angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+            radii = radius * (np.where(np.arange(corners) % 2, 0.45, 1.0) if kind == 2 else rng.uniform(0.6, 1.0, corners))
+            draw.polygon([(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for r, a in zip(radii, angles)],
+                         fill=255)
+        mask = np.asarray(canvas) >= 128
+        texture = 25 * _smooth_noise(rng, size, size, int(rng.integers(3, 12)))[..., None]
+        detail = rng.uniform(0, 30) * _smooth_noise(rng, size, size, int(rng.integers(8, 24)))[..., None]
+        image = np.where(mask[..., None], foreground + detail, background + texture)
+        image += rng.normal(0, 4, image.shape)
+        images[index] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        masks[index] = mask.astype(np.uint8) * 255
+    return images, masks

@@ -1,18 +1,31 @@
 """Every table and figure file `segbench report` writes for a config, with a caption and a category.
 
 The one list of the report's outputs: build_reports writes exactly these files (tests check it), the
-README's index and figure captions come from it, and the workflow can declare them (e.g. Snakemake
-``report()`` outputs). Captions are plain sentences, safe in reStructuredText. Only light modules are
+README's index and figure captions come from it, and the workflow declares them as Snakemake
+``report()`` outputs. Each caption is a Jinja2 template (the engine Snakemake renders report captions
+with) that may read ``snakemake.config``; ``python -m segbench.report.files`` writes them as the
+reStructuredText caption files of ``workflow/report/captions/`` that the workflow's report rule
+names, so the HTML report and reports/README.md show the same sentences. Only light modules are
 imported here, so a Snakefile can call ``report_files`` cheaply.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import types
+from pathlib import Path
 
+import jinja2
+
+from segbench.data.registry import DATASET_NAMES
 from segbench.report.paper import dataset_label
 
 FIGURE_EXTENSIONS = ("png", "pdf")
 TABLE_EXTENSIONS = {"md": "Markdown", "tex": "LaTeX (booktabs)", "csv": "CSV, one row per cell"}
+REPORT_DIR = Path(__file__).resolve().parents[2] / "workflow" / "report"
+CAPTION_DIR = REPORT_DIR / "captions"
+# the caption of qualitative grids whose stem names a protocol too (a test set tested by two protocols)
+GENERIC_QUALITATIVE = "qualitative"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +33,12 @@ class ReportFile:
     path: str  # relative to the report folder (reports/)
     caption: str
     category: str
+
+    @property
+    def caption_file(self) -> str:
+        """The name of this file's caption under workflow/report/captions/."""
+        stem = Path(self.path).with_suffix("").name
+        return f"{stem if (CAPTION_DIR / f'{stem}.rst').exists() else GENERIC_QUALITATIVE}.rst"
 
 
 # (file stem, category, caption): the tables, in the README's order
@@ -59,37 +78,59 @@ def qualitative_stems(cfg: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+_QUALITATIVE = ("{label}: up to {{{{ snakemake.config.report.qualitative_n }}}} test images with saved predictions of "
+                "every model; white marks true positives, red false positives and blue false negatives, at threshold "
+                "{{{{ snakemake.config.evaluate.threshold }}}} and {{{{ snakemake.config.image_size }}}} by "
+                "{{{{ snakemake.config.image_size }}}} pixels.")
+
+# (figure stem, category, caption template)
+FIXED_FIGURES = [
+    ("figures/dsc_pooled_bars", "Accuracy figures",
+     "Pooled DSC the paper's way per test set, mean over seeds with SD error bars; black crosses mark the "
+     "paper's Tables 1 and 2."),
+    ("figures/dice_per_image_bars", "Accuracy figures",
+     "Per-image Dice at original resolution per test set, the mean over images of the seed-averaged score; error "
+     "bars show the 95 percent bootstrap interval over images."),
+    ("figures/params_vs_dsc", "Complexity and cost figures",
+     "Pooled DSC against parameters counted the paper's way; filled markers are ours with mean and SD over "
+     "seeds, hollow markers the paper's Tables 1 to 3."),
+    ("figures/flops_vs_dsc", "Complexity and cost figures",
+     "Pooled DSC against FLOPs counted the paper's way, multiply-accumulates without the selective scan; filled "
+     "markers are ours with mean and SD over seeds, hollow markers the paper's Tables 1 to 3."),
+    ("figures/dsc_vs_training_cost", "Complexity and cost figures",
+     "Pooled DSC against the measured training time per run on a log scale, mean and SD over seeds; circles "
+     "start from pretrained weights, triangles from scratch."),
+    ("figures/training_curves", "Training curves",
+     "Training loss and validation DSC per epoch for every protocol, mean over seeds with a band of one SD; "
+     "dashed lines are runs from scratch; the learning rate is drawn only where it changes."),
+]
+
+
+def _qualitative_template(test_set: str | None) -> str:
+    return _QUALITATIVE.format(label=dataset_label(test_set) if test_set else "Qualitative results")
+
+
 def figures(cfg: dict) -> list[tuple[str, str, str]]:
-    """(stem, category, caption) of every figure for ``cfg``."""
-    threshold = (cfg.get("evaluate") or {}).get("threshold", 0.5)
-    size = cfg.get("image_size", 256)
-    count = int((cfg.get("report") or {}).get("qualitative_n", 4))
-    out = [
-        ("figures/dsc_pooled_bars", "Accuracy figures",
-         "Pooled DSC the paper's way per test set, mean over seeds with SD error bars; black crosses mark the "
-         "paper's Tables 1 and 2."),
-        ("figures/dice_per_image_bars", "Accuracy figures",
-         "Per-image Dice at original resolution per test set, the mean over images of the seed-averaged score; error "
-         "bars show the 95 percent bootstrap interval over images."),
-        ("figures/params_vs_dsc", "Complexity and cost figures",
-         "Pooled DSC against parameters counted the paper's way; filled markers are ours with mean and SD over "
-         "seeds, hollow markers the paper's Tables 1 to 3."),
-        ("figures/flops_vs_dsc", "Complexity and cost figures",
-         "Pooled DSC against FLOPs counted the paper's way, multiply-accumulates without the selective scan; filled "
-         "markers are ours with mean and SD over seeds, hollow markers the paper's Tables 1 to 3."),
-        ("figures/dsc_vs_training_cost", "Complexity and cost figures",
-         "Pooled DSC against the measured training time per run on a log scale, mean and SD over seeds; circles "
-         "start from pretrained weights, triangles from scratch."),
-        ("figures/training_curves", "Training curves",
-         "Training loss and validation DSC per epoch for every protocol, mean over seeds with a band of one SD; "
-         "dashed lines are runs from scratch; the learning rate is drawn only where it changes."),
-    ]
+    """(stem, category, caption template) of every figure for ``cfg``."""
+    out = list(FIXED_FIGURES)
     for _, test_set, stem in qualitative_stems(cfg):
-        out.append((stem, "Qualitative results",
-                    f"{dataset_label(test_set)}: up to {count} test images with saved predictions of every model; "
-                    f"white marks true positives, red false positives and blue false negatives, at threshold "
-                    f"{threshold} and {size} by {size} pixels."))
+        out.append((stem, "Qualitative results", _qualitative_template(test_set)))
     return out
+
+
+def caption_templates() -> dict[str, str]:
+    """Caption file stem -> template, for every table, every figure of any config (a qualitative grid per
+    dataset), and the generic qualitative caption."""
+    templates = {stem: caption for stem, _, caption in TABLES}
+    templates.update({Path(stem).name: caption for stem, _, caption in FIXED_FIGURES})
+    templates.update({f"qualitative_{name}": _qualitative_template(name) for name in DATASET_NAMES})
+    templates[GENERIC_QUALITATIVE] = _qualitative_template(None)
+    return templates
+
+
+def render_caption(template: str, cfg: dict) -> str:
+    return jinja2.Template(template, undefined=jinja2.StrictUndefined).render(
+        snakemake=types.SimpleNamespace(config=cfg))
 
 
 def report_files(cfg: dict | None) -> list[ReportFile]:
@@ -97,10 +138,83 @@ def report_files(cfg: dict | None) -> list[ReportFile]:
     files = [ReportFile(f"{stem}.{extension}", f"{caption} {form}.", category)
              for stem, category, caption in TABLES for extension, form in TABLE_EXTENSIONS.items()]
     if cfg is not None:
-        files += [ReportFile(f"{stem}.{extension}", caption, category)
+        files += [ReportFile(f"{stem}.{extension}", render_caption(caption, cfg), category)
                   for stem, category, caption in figures(cfg) for extension in FIGURE_EXTENSIONS]
     return files
 
 
 def figure_caption(cfg: dict, stem: str) -> str:
-    return next(caption for figure_stem, _, caption in figures(cfg) if figure_stem == stem)
+    return next(render_caption(caption, cfg) for figure_stem, _, caption in figures(cfg) if figure_stem == stem)
+
+
+# The front page of Snakemake's report (Jinja2 on reStructuredText, reading snakemake.config).
+FRONT_PAGE = """{% set cfg = snakemake.config %}
+segbench: {{ cfg.run_name }}
+==========================================================
+
+{% if not cfg.comparable_to_paper %}
+**Synthetic data, smoke settings: not comparable to the paper.** Every table and figure below
+comes from seeded synthetic stand-ins of the datasets and toy model widths trained on the CPU; its
+numbers show that the pipeline learns, not how the models compare on real data.
+{% endif %}
+
+This is the workflow that reproduces *VM-UNetV2: Rethinking Vision Mamba UNet for Medical Image
+Segmentation* (Zhang et al., 2024) and compares every model under one training recipe.
+
+**What was run.** Models: {{ cfg.models | join(", ") }}; seeds {{ cfg.seeds | join(", ") }};
+data: {{ cfg.data.source }}; input {{ cfg.image_size }} x {{ cfg.image_size }};
+{{ cfg.train.epochs }} epochs, batch {{ cfg.train.batch_size }}, AdamW lr {{ cfg.train.lr }};
+from-scratch controls on: {{ cfg.from_scratch | join(", ") if cfg.from_scratch else "none" }}.
+
+**Protocols** (training set: test sets):
+{% for name, spec in cfg.protocols.items() %}
+- {{ name }}: {{ spec.train }}: {{ spec.test | join(", ") }}
+{% endfor %}
+
+**Pretrained weights**: {% for model, path in cfg.pretrained.items() %}{{ model }} from {{ path }}{{ "; " if not loop.last else "." }}{% endfor %}
+{% if not cfg.pretrained %}none; every model is trained from scratch.{% endif %}
+
+**Deviations from the paper's setup** (``segbench/report/deviations.yaml``; the reasons are in
+``reports/README.md``):
+
+@DEVIATIONS@
+
+The tables, figures and ``summary.json`` are rendered from ``results/`` by ``dvc repro``
+(``segbench report``).
+"""
+
+
+def front_page() -> str:
+    """workflow/report/workflow.rst: what was run, the protocols, the weights, the deviations, the banner."""
+    from segbench.report.readme import load_deviations
+
+    deviations = "\n".join(f"{number}. **{entry['topic']}** ({'kept' if entry.get('status') == 'kept' else 'changed'}): "
+                           f"{entry['ours']}" for number, entry in enumerate(load_deviations(), start=1))
+    return FRONT_PAGE.replace("@DEVIATIONS@", deviations)
+
+
+def report_texts() -> dict[Path, str]:
+    """Every file of workflow/report/ with its content: the front page and one caption per stem."""
+    texts = {REPORT_DIR / "workflow.rst": front_page()}
+    texts.update({CAPTION_DIR / f"{stem}.rst": template + "\n" for stem, template in caption_templates().items()})
+    return texts
+
+
+def write_report_texts() -> list[Path]:
+    """Write workflow/report/ (the report rule's front page and captions); returns the files."""
+    CAPTION_DIR.mkdir(parents=True, exist_ok=True)
+    for path, text in report_texts().items():
+        path.write_text(text, encoding="utf-8")
+    return list(report_texts())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m segbench.report.files",
+                            description="write workflow/report/ (front page and captions of the Snakemake report)"
+                            ).parse_args(argv)
+    print(f"wrote {len(write_report_texts())} files to {REPORT_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

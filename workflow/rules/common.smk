@@ -85,4 +85,5 @@ def profile_targets(variants):
 
 
 def all_targets():
-    return eval_targets(RUNS) + profile_targets(config["models"])
+    """Every evaluation and profile, and the report rendered from them (rule report: `dvc repro`)."""
+    return eval_targets(RUNS) + profile_targets(config["models"]) + ["reports/README.md"]

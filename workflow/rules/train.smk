@@ -24,9 +24,37 @@ rule train:
         " --seed {wildcards.seed} --out {params.run_dir} > {log} 2>&1"
 
 
+for pretrained_model, encoder_file in config["pretrain"]["models"].items():
+
+    rule:
+        name:
+            f"pretrain_{pretrained_model}"
+        output:
+            encoder_file,
+        log:
+            f"logs/pretrain/{pretrained_model}.log",
+        # first: every training that starts from these weights waits for them
+        priority: 10
+        params:
+            run_config=JOB_CONFIG,
+            spec=json.dumps([config["pretrain"], config["train"], config["image_size"],
+                             config["model_args"].get(pretrained_model, {})], sort_keys=True),
+        threads: config["train"]["num_threads"] or 4
+        resources:
+            gpu=gpus_for(config["train"]["device"]),
+            mem_mb=8000,
+            runtime=60,
+        conda:
+            "../envs/segbench.yaml"
+        shell:
+            "segbench pretrain --config {params.run_config} --out {output} > {log} 2>&1"
+
+
 rule download_weights:
     output:
         "weights/{filename}",
+    wildcard_constraints:
+        filename="[^/]+",
     params:
         model=lambda wc: model_with_weights(wc.filename),
     log:
