@@ -64,10 +64,13 @@ def _quality(variant: str) -> float:
 
 
 def _write_run(run_dir: Path, protocol: str, variant: str, seed: int, tests: list[str], rng,
-               older: bool = False) -> None:
-    """One run's files in the documented formats; ``older``: as segbench wrote them before the toolbox,
-    boundary and cost fields existed."""
+               older: bool = False, cfg: dict | None = None) -> None:
+    """One run's files in the documented formats, bound to ``cfg`` by the run's fingerprint; ``older``: as
+    segbench wrote them before the toolbox, boundary and cost fields existed."""
+    from segbench.fingerprint import digest, run_fingerprint
+
     run_dir.mkdir(parents=True)
+    fingerprint = run_fingerprint(cfg, protocol, variant, seed)
     quality = _quality(variant)
     with open(run_dir / "train_log.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -82,7 +85,8 @@ def _write_run(run_dir: Path, protocol: str, variant: str, seed: int, tests: lis
         "scan_backend": "torch", "selected_checkpoint": "last", "versions": {"python": "3.11.0", "torch": "2.14.1"},
         "determinism": {"deterministic_algorithms": True},
         "pretrained": None if variant.endswith("_scratch") or variant not in PRETRAINED else
-        {"file": PRETRAINED[variant], "sha256": "0" * 64}}
+        {"file": PRETRAINED[variant], "sha256": "0" * 64},
+        "fingerprint": fingerprint, "fingerprint_sha256": digest(fingerprint)}
     if not older:
         seconds_per_epoch = 10.0 * (1 + MODELS.index(variant.removesuffix("_scratch"))) if \
             variant.removesuffix("_scratch") in MODELS else 12.0
@@ -113,6 +117,7 @@ def _write_run(run_dir: Path, protocol: str, variant: str, seed: int, tests: lis
         metrics = {
             "protocol": protocol, "variant": variant, "model": variant.split("_")[0], "seed": seed,
             "test_set": test_set, "n_images": N_IMAGES, "threshold": 0.5, "size": SIZE, "pooled": pooled,
+            "fingerprint_sha256": digest(fingerprint),
             "per_image": {"dice_mean": float(np.mean([r["dice"] for r in rows])),
                           "iou_mean": float(np.mean([r["iou"] for r in rows])), "n_empty_masks": 0}}
         if not older:
@@ -137,7 +142,7 @@ def fabricate(root: Path, cfg: dict | None = None, older: bool = False) -> tuple
     rng = np.random.default_rng(0)
     for run in planned_runs(cfg):
         _write_run(results / run.protocol / run.variant / f"seed{run.seed}", run.protocol, run.variant, run.seed,
-                   cfg["protocols"][run.protocol]["test"], rng, older)
+                   cfg["protocols"][run.protocol]["test"], rng, older, cfg)
     (results / "profile").mkdir()
     for index, variant in enumerate(list(cfg["models"]) + list(ablation_cells(cfg))):
         (results / "profile" / f"{variant}.json").write_text(json.dumps({
@@ -404,6 +409,33 @@ def test_older_results_without_the_new_fields_still_report(tmp_path):
     assert "no measured cost" in (tmp_path / "reports" / "table3_complexity.md").read_text()
     assert summary["cost"] == {} and "toolbox_mean_dice" not in summary["accuracy"]["polyp"]["kvasir"]["vmunetv2"]
     assert summary["accuracy"]["polyp"]["kvasir"]["vmunetv2"]["per_image_dice"] > 0
+
+
+def test_a_run_trained_with_another_config_is_left_out_with_a_note(tmp_path):
+    """A manifest whose fingerprint is not the one the reported config implies (here: another learning rate,
+    and one with no fingerprint at all) never lends its numbers to a table."""
+    results, data = fabricate(tmp_path)
+    changed = results / "polyp" / "unet" / "seed0" / "manifest.json"
+    manifest = json.loads(changed.read_text())
+    manifest["fingerprint"]["train"]["lr"] = 0.01
+    changed.write_text(json.dumps(manifest))
+    unbound = results / "polyp" / "unet" / "seed1" / "manifest.json"
+    unbound.write_text(json.dumps({key: value for key, value in json.loads(unbound.read_text()).items()
+                                   if key != "fingerprint"}))
+    summary = build_reports(results, tmp_path / "reports", data, PAPER)
+    readme = (tmp_path / "reports" / "README.md").read_text()
+    assert f"{changed} was trained with another config (train.lr: 0.01 -> 0.001)" in readme
+    assert f"{unbound} records no config fingerprint" in readme
+    assert "unet" not in summary["accuracy"]["polyp"]["kvasir"], "both seeds of unet are left out"
+
+
+def test_an_evaluation_of_another_model_is_left_out_with_a_note(tmp_path):
+    results, data = fabricate(tmp_path)
+    metrics = results / "polyp" / "unetv2" / "seed0" / "eval" / "kvasir" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "fingerprint_sha256": "f" * 64}))
+    summary = build_reports(results, tmp_path / "reports", data, PAPER)
+    assert f"{metrics} scores another model than" in (tmp_path / "reports" / "README.md").read_text()
+    assert summary["accuracy"]["polyp"]["kvasir"]["unetv2"]["n_seeds"] == 1
 
 
 def test_a_manifest_that_disagrees_with_the_config_is_noted(tmp_path):

@@ -158,8 +158,14 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _fraction(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+def _fraction(value, limit: float = 1.0) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= limit
+
+
+# The PraNet toolbox's E-measure divides by N - 1 pixels, so a perfect map scores N / (N - 1) > 1
+# (16/15 on a 4x4 image); per row the bound is 1 + 1/(height*width - 1), per test set the smallest image's.
+E_MEASURES = ("mean_em", "max_em")
+SMALLEST_E_BOUND = 1 + 1 / 3
 
 
 def _read_metrics(path: Path, protocol: str, variant: str, seed: int, test_set: str) -> dict:
@@ -177,7 +183,8 @@ def _read_metrics(path: Path, protocol: str, variant: str, seed: int, test_set: 
             raise _malformed(path, f"{key} {expected!r} (from its path)", repr(data[key]))
     toolbox, boundary = data.get("toolbox"), data.get("boundary")
     if toolbox is not None and (not isinstance(toolbox, dict)
-                                or not all(_fraction(toolbox.get(key)) for key in TOOLBOX_METRICS)):
+                                or not all(_fraction(toolbox.get(key), SMALLEST_E_BOUND if key in E_MEASURES else 1.0)
+                                           for key in TOOLBOX_METRICS)):
         raise _malformed(path, f"'toolbox' with fractions in [0, 1] for {', '.join(TOOLBOX_METRICS)}", repr(toolbox))
     if boundary is not None:
         hd95, tolerance, undefined = (boundary.get(key) if isinstance(boundary, dict) else None
@@ -220,7 +227,10 @@ def _read_per_image(path: Path) -> pd.DataFrame:
         # empty cells are allowed in the newer columns (e.g. HD95 of an image without a boundary)
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() & table[column].notna() | (values < 0)
-        if column not in ("hd95",) + COUNT_COLUMNS:
+        if column in E_MEASURES and {"height", "width"} <= set(table.columns):
+            pixels = pd.to_numeric(table["height"], errors="coerce") * pd.to_numeric(table["width"], errors="coerce")
+            bad |= values > 1 + 1 / (pixels - 1).clip(lower=1)
+        elif column not in ("hd95",) + COUNT_COLUMNS:
             bad |= values > 1
         if column in COUNT_COLUMNS:
             bad |= values.isna()
@@ -307,6 +317,37 @@ def _older_files_note(paths: list[str], what: str, consequence: str, rule: str =
             f"workflow's {rule} rule to fill them.")
 
 
+def _expected_fingerprint(cfg: dict, run: Run, recorded: dict) -> tuple[dict, list[str]]:
+    """The fingerprint the config implies for ``run``; file hashes that cannot be computed here (the data or
+    weights are not on this machine, e.g. pulled results) are taken as recorded and named."""
+    from segbench.fingerprint import run_fingerprint
+
+    expected = run_fingerprint(cfg, run.protocol, run.variant, run.seed)
+    unverified = []
+    for section, keys in (("train_data", ("cache_sha256", "split_sha256")), ("pretrained", ("sha256",))):
+        mine, theirs = expected.get(section), (recorded or {}).get(section)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            for key in keys:
+                if mine.get(key) is None and theirs.get(key) is not None:
+                    mine[key] = theirs[key]
+                    unverified.append(f"{section}.{key}")
+    return expected, unverified
+
+
+def _stale_run(cfg: dict, run: Run, manifest: dict) -> str | None:
+    """Why a run's manifest does not describe the run this config asks for (None: it does)."""
+    from segbench.fingerprint import differences
+
+    recorded = manifest.get("fingerprint")
+    if recorded is None:
+        return f"{manifest['path']} records no config fingerprint (an older segbench)"
+    expected, _ = _expected_fingerprint(cfg, run, recorded)
+    changed = differences(recorded, expected)
+    if changed:
+        return f"{manifest['path']} was trained with another config ({'; '.join(changed[:3])})"
+    return None
+
+
 def _init_notes(results: "Results") -> list[str]:
     """A manifest whose recorded start (init, pretrained file) disagrees with what the config plans."""
     notes = []
@@ -338,10 +379,19 @@ def collect(results_dir: str | Path) -> Results:
             train_logs.setdefault((run.protocol, run.variant), {})[run.seed] = _read_train_log(log_path)
         else:
             missing_runs.setdefault((run.protocol, run.variant), []).append(run.seed)
+        run_fingerprint = None
         if manifest_path.exists():
             manifest = {"path": str(manifest_path), **_read_manifest(manifest_path)}
+            stale = _stale_run(cfg, run, manifest)
+            if stale:
+                # a result that describes another run than the one the table names is never shown
+                notes.append(f"{stale}: {run.variant} seed {run.seed} ({run.protocol}) is left out of every table; "
+                             f"rerun the workflow with this config to retrain it")
+                missing_runs.setdefault((run.protocol, run.variant), []).append(run.seed)
+                continue
             manifests.append(manifest)
             manifest_index[(run.protocol, run.variant, run.seed)] = manifest
+            run_fingerprint = manifest.get("fingerprint_sha256")
             if manifest.get("cost") is None:
                 older["cost"].append(str(manifest_path))
         for test_set in cfg["protocols"][run.protocol]["test"]:
@@ -351,6 +401,12 @@ def collect(results_dir: str | Path) -> Results:
                 missing_evals.setdefault((run.protocol, run.variant, test_set), []).append(run.seed)
                 continue
             data = _read_metrics(metrics_path, run.protocol, run.variant, run.seed, test_set)
+            if data.get("fingerprint_sha256") != run_fingerprint:
+                notes.append(f"{metrics_path} scores another model than the {run_dir / 'model.pt'} beside it (run "
+                             f"fingerprint {str(data.get('fingerprint_sha256'))[:12]} vs "
+                             f"{str(run_fingerprint)[:12]}): left out; rerun the workflow to evaluate it again")
+                missing_evals.setdefault((run.protocol, run.variant, test_set), []).append(run.seed)
+                continue
             for block in ("toolbox", "boundary"):
                 if data.get(block) is None:
                     older[block].append(str(metrics_path))
@@ -395,7 +451,15 @@ def collect(results_dir: str | Path) -> Results:
     for variant in list(cfg["models"]) + optional:
         path = results_dir / "profile" / f"{variant}.json"
         if path.exists():
-            profiles[variant] = _read_profile(path)
+            profile = _read_profile(path)
+            model, kwargs = variant_spec(cfg, variant)
+            if (cfg.get("profile") or {}).get("configuration") == "default":
+                kwargs = {}
+            if (profile.get("model"), profile.get("model_kwargs", kwargs)) != (model, kwargs):
+                notes.append(f"{path} profiles {profile.get('model')} with {profile.get('model_kwargs')}, not the "
+                             f"configured {model} with {kwargs}: left out; rerun the workflow's profile rule")
+                continue
+            profiles[variant] = profile
         elif variant not in optional:
             notes.append(f"no complexity profile for {variant} ({path})")
     metrics = pd.DataFrame(metric_rows)
