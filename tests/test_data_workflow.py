@@ -169,7 +169,7 @@ def test_synthetic_source_needs_no_archive(tmp_path):
 
 
 def test_paper_config_plans_download_prepare_and_split_for_every_dataset(tmp_path):
-    result = subprocess.run([str(BIN / "snakemake"), "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+    result = subprocess.run([str(BIN / "snakemake"), "-n", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(tmp_path),
                              "--configfile", str(REPO / "config" / "config.yaml")],
                             env=tool_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -102,7 +102,7 @@ def test_env_installs_segbench_itself(path):
 
 
 def test_every_conda_directive_names_the_rule_env():
-    rule_files = sorted((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
+    rule_files = sorted((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "workflow" / "Snakefile"]
     directives = []
     for rule_file in rule_files:
         text = rule_file.read_text()
@@ -118,7 +118,7 @@ def test_every_conda_directive_names_the_rule_env():
 def test_every_rule_that_runs_a_command_has_a_conda_env(tmp_path):
     """Snakemake's own linter parses the workflow and flags each rule without an environment."""
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(ROOT / "Snakefile"),
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
          "--configfile", str(ROOT / "config" / "smoke.yaml"), "--directory", str(tmp_path)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )

@@ -2,7 +2,13 @@
 import json
 import os
 
-from segbench.config import config_file_name, planned_runs, validate_config, variant_spec, variant_weights
+from segbench.config import (
+    config_file_name,
+    planned_runs,
+    validate_config,
+    variant_spec,
+    variant_weights,
+)
 from segbench.data import cache_file
 from segbench.io import atomic_write
 
@@ -85,5 +91,7 @@ def profile_targets(variants):
 
 
 def all_targets():
-    """Every evaluation and profile, and the report rendered from them (rule report: `dvc repro`)."""
-    return eval_targets(RUNS) + profile_targets(config["models"]) + ["reports/README.md"]
+    """Every evaluation and profile, and the report rendered from them by `dvc repro`."""
+    return (
+        eval_targets(RUNS) + profile_targets(config["models"]) + ["reports/README.md"]
+    )

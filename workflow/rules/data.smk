@@ -14,36 +14,38 @@ for data_archive in ARCHIVES.values():
             data_archive.rule_name
         output:
             f"{DATA_DIR}/raw/{data_archive.name}",
-        params:
-            archive=data_archive.name,
-            root=lambda wc, output: data_rules.root_of(output[0], 1),
-            options=data_rules.download_options(config, data_archive.name),
         log:
             f"logs/data/{data_archive.rule_name}.log",
         localrule: True
         conda:
             "../envs/segbench.yaml"
+        params:
+            archive=data_archive.name,
+            root=lambda wc, output: data_rules.root_of(output[0], 1),
+            options=data_rules.download_options(config, data_archive.name),
         shell:
             "segbench data download {params.archive} --root {params.root} {params.options} 2>&1 | tee {log}"
 
 
 rule prepare:
     input:
-        lambda wc: [ancient(path) for path in data_rules.archive_paths(config, wc.dataset)],
+        lambda wc: [
+            ancient(path) for path in data_rules.archive_paths(config, wc.dataset)
+        ],
     output:
         f"{DATA_DIR}/processed/{{dataset}}/integrity.json",
-    params:
-        root=lambda wc, output: data_rules.root_of(output[0], 2),
-        options=lambda wc: data_rules.prepare_options(config, wc.dataset),
     log:
         "logs/data/prepare_{dataset}.log",
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
+    conda:
+        "../envs/segbench.yaml"
     threads: 4
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/segbench.yaml"
+    params:
+        root=lambda wc, output: data_rules.root_of(output[0], 2),
+        options=lambda wc: data_rules.prepare_options(config, wc.dataset),
     shell:
         "segbench data prepare {wildcards.dataset} --root {params.root} --workers {threads} {params.options}"
         " 2>&1 | tee {log}"
@@ -55,15 +57,15 @@ rule split:
         user_split=lambda wc: data_rules.user_split(config, wc.dataset),
     output:
         f"{DATA_DIR}/splits/{{dataset}}.csv",
-    params:
-        root=lambda wc, output: data_rules.root_of(output[0], 1),
-        options=lambda wc: data_rules.split_options(config, wc.dataset),
     log:
         "logs/data/split_{dataset}.log",
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
     conda:
         "../envs/segbench.yaml"
+    params:
+        root=lambda wc, output: data_rules.root_of(output[0], 1),
+        options=lambda wc: data_rules.split_options(config, wc.dataset),
     shell:
         "segbench data split {wildcards.dataset} --root {params.root} {params.options} 2>&1 | tee {log}"
 
@@ -74,18 +76,18 @@ rule cache:
         split=f"{DATA_DIR}/splits/{{dataset}}.csv",
     output:
         f"{DATA_DIR}/cache/{{dataset}}_{{size}}.npz",
-    params:
-        root=lambda wc, output: data_rules.root_of(output[0], 1),
     log:
         "logs/data/cache_{dataset}_{size}.log",
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
         size=r"\d+",
+    conda:
+        "../envs/segbench.yaml"
     threads: 4
     resources:
         mem_mb=8000,
-    conda:
-        "../envs/segbench.yaml"
+    params:
+        root=lambda wc, output: data_rules.root_of(output[0], 1),
     shell:
         "segbench data cache {wildcards.dataset} --size {wildcards.size} --root {params.root} --workers {threads}"
         " 2>&1 | tee {log}"

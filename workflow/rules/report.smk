@@ -26,7 +26,11 @@ rule report:
             for item in report_files(config)
             if not item.path.endswith(".pdf")
         ],
-        [f"reports/{item.path}" for item in report_files(config) if item.path.endswith(".pdf")],
+        [
+            f"reports/{item.path}"
+            for item in report_files(config)
+            if item.path.endswith(".pdf")
+        ],
         "reports/README.md",
         "reports/summary.json",
     log:
@@ -40,12 +44,26 @@ rule report:
 
 rule table1:
     input:
-        eval_targets([run for run in RUNS if run.protocol in TABLE_PROTOCOLS["table1"] and run.variant in config["models"]]),
+        eval_targets(
+            [
+                run
+                for run in RUNS
+                if run.protocol in TABLE_PROTOCOLS["table1"]
+                and run.variant in config["models"]
+            ]
+        ),
 
 
 rule table2:
     input:
-        eval_targets([run for run in RUNS if run.protocol in TABLE_PROTOCOLS["table2"] and run.variant in config["models"]]),
+        eval_targets(
+            [
+                run
+                for run in RUNS
+                if run.protocol in TABLE_PROTOCOLS["table2"]
+                and run.variant in config["models"]
+            ]
+        ),
 
 
 rule table3:
