@@ -55,7 +55,9 @@ class VMUNet(nn.Module):
         input_divisor=32,
         needs_mamba_ssm=False,
         pretrained=VMAMBA_V0_SMALL,
-        test_kwargs={"embed_dim": 16, "depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1]},
+        # embed_dim 48: narrower VM-UNets collapse to a constant map (the final LayerNorm sees embed_dim/4
+        # channels) and would not pass the learning test in its step budget
+        test_kwargs={"embed_dim": 48, "depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1]},
         notes=(
             "Defaults are the VMUNet class defaults depths [2,2,9,2] / depths_decoder [2,9,2,2]: the model the "
             "VM-UNetV2 paper's Table 3 counted (34,621,609 thop-style parameters, 7.56 GMACs at 256x256; "
