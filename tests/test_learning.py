@@ -19,7 +19,6 @@ import torch
 import yaml
 
 from segbench.config import validate_config
-from segbench.data.synthetic import generate_shapes
 from segbench.metrics import PooledConfusion
 from segbench.registry import list_models, to_probabilities
 from segbench.train import load_trained, train_run
@@ -38,12 +37,26 @@ def _write_cache(path: Path, dataset: str, images: np.ndarray, masks: np.ndarray
     np.savez(path, ids=ids, split=np.array([split] * len(images)), images=images, masks=masks)
 
 
+def bright_ellipses(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ellipse of random size and place on a dark noisy background: the easiest segmentation task
+    there is, so that a model that does not learn it is broken."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:SIZE, 0:SIZE]
+    masks = np.empty((count, SIZE, SIZE), np.uint8)
+    for index in range(count):
+        cy, cx = rng.uniform(0.3, 0.7, 2) * SIZE
+        ry, rx = rng.uniform(0.12, 0.3, 2) * SIZE
+        masks[index] = (((rows - cy) / ry) ** 2 + ((columns - cx) / rx) ** 2 <= 1) * 255
+    noise = rng.normal(0, 12, (count, SIZE, SIZE, 3))
+    images = np.clip(np.where(masks[..., None] > 0, 190.0, 60.0) + noise, 0, 255).astype(np.uint8)
+    return images, masks
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """A training cache and a held-out test cache of generic objects (segbench.data.synthetic.generate_shapes),
-    the easiest segmentation task there is, so that a model that does not learn it is broken."""
+    """A training cache and a held-out test cache of bright ellipses, in the documented cache format."""
     root = tmp_path_factory.mktemp("learning-data")
-    images, masks = generate_shapes(N_TRAIN + N_TEST, SIZE, seed=3)
+    images, masks = bright_ellipses(N_TRAIN + N_TEST, seed=3)
     _write_cache(root / "cache" / f"polyp_train_{SIZE}.npz", "polyp_train", images[:N_TRAIN], masks[:N_TRAIN], "train")
     _write_cache(root / "cache" / f"kvasir_{SIZE}.npz", "kvasir", images[N_TRAIN:], masks[N_TRAIN:], "test")
     return root
@@ -125,7 +138,7 @@ def test_the_learning_test_fails_for_a_card_that_says_logits_for_probabilities(t
         "from pathlib import Path\n"
         "import test_learning as t\n"
         "root = Path(%r)\n"
-        "images, masks = t.generate_shapes(t.N_TRAIN + t.N_TEST, t.SIZE, seed=3)\n"
+        "images, masks = t.bright_ellipses(t.N_TRAIN + t.N_TEST, seed=3)\n"
         "t._write_cache(root / 'cache' / f'polyp_train_{t.SIZE}.npz', 'polyp_train', images[:t.N_TRAIN], "
         "masks[:t.N_TRAIN], 'train')\n"
         "t._write_cache(root / 'cache' / f'kvasir_{t.SIZE}.npz', 'kvasir', images[t.N_TRAIN:], masks[t.N_TRAIN:], "
