@@ -61,8 +61,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     validator = _with_defaults(_strict_integers(jsonschema.Draft202012Validator))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  {_key_path(error)}: {error.message}" for error in errors]
-        raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))
+        problems = [f"{_key_path(error)}: {error.message}" for error in errors]
+        raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}: " + "; ".join(problems)
+                          + f" (every key is documented in config/README.md)")
     check_references(cfg, source)
     return cfg
 

@@ -71,9 +71,9 @@ def test_two_invocations_with_different_configs_do_not_share_a_config_file(proje
     cfg["seeds"] = [1]
     second = write_yaml(project_copy / "second.yaml", cfg)
     targets = {first: "results/polyp/unet/seed0/manifest.json", second: "results/polyp/unet/seed1/manifest.json"}
-    run_tool(["snakemake", "--cores", "1", "--configfile", str(first), "data_all"], cwd=project_copy)
+    run_tool(["snakemake", "--cores", "1", "data_all", "--configfile", str(first)], cwd=project_copy)
     # both at once, in one folder: each invocation's jobs must read their own config file
-    processes = [subprocess.Popen(["snakemake", "--cores", "1", "--nolock", "--configfile", str(path), target],
+    processes = [subprocess.Popen(["snakemake", "--cores", "1", "--nolock", target, "--configfile", str(path)],
                                   cwd=project_copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env=tool_env(PYTHONPATH=str(project_copy)))
                  for path, target in targets.items()]
