@@ -26,11 +26,21 @@ def test_snakemake_lint_is_clean():
     assert "Lints for rule" not in result.stdout + result.stderr
 
 
-def test_paper_protocol_plans_without_error():
+def test_paper_protocol_plans_the_controls_for_every_seed():
+    """The no-scan control pretrained and from scratch, and the from-scratch twin of every pretrained model,
+    on every protocol and seed; every training evaluated; the report at the end."""
+    import re
+
     result = run_tool([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/config.yaml"], REPO)
     planned = result.stdout
-    for rule in ("train", "evaluate", "profile"):
-        assert f"rule {rule}:" in planned or f" {rule} " in planned
+    trainings = set(re.findall(r"wildcards: protocol=(\w+), variant=([\w.-]+), seed=(\d+)", planned))
+    pretrained = ["vmunetv2", "vmunet", "vmunetv2_noscan", "unetv2", "unet_resnet50"]
+    for protocol in ("isic17", "isic18", "polyp"):
+        for seed in ("0", "1", "2"):
+            for variant in ["vmunetv2_noscan"] + [f"{model}_scratch" for model in pretrained]:
+                assert (protocol, variant, seed) in trainings, f"{variant} seed {seed} on {protocol} is not planned"
+    for rule in ("train", "evaluate_polyp", "profile", "report", "download_weights"):
+        assert re.search(rf"^{rule}\s+\d+", planned, flags=re.MULTILINE), f"no {rule} job planned"
 
 
 def test_bad_config_stops_with_the_key(tmp_path):

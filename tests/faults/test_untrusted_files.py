@@ -76,8 +76,8 @@ def crafted_final_weights(tmp_path, data_root, marker):
         "protocol": "polyp", "variant": "unet", "model": "unet", "seed": 0, "model_kwargs": {"base_width": 4},
         "weights_sha256": hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()}))
     config = train_config(tmp_path / "c.yaml", data_root)
-    out = run / "eval" / "kvasir"
-    return run / "model.pt", ["evaluate", "--config", config, "--run", run, "--test-set", "kvasir", "--out", out], out
+    out = run / "eval"
+    return run / "model.pt", ["evaluate", "--config", config, "--run", run, "--test-sets", "kvasir", "--out", out], out
 
 
 def crafted_cache(tmp_path, data_root, marker):
