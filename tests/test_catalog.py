@@ -149,3 +149,12 @@ def test_config_readme_refuses_what_it_cannot_render(tmp_path, construct, messag
     with pytest.raises(ValueError, match=message) as raised:
         config_readme(schema)
     assert str(schema) in str(raised.value) and "odd" in str(raised.value)
+
+
+def test_the_snakemake_report_texts_are_current():
+    """workflow/report/ (the report rule's front page and captions) is written from segbench.report.files."""
+    from segbench.report.files import report_texts
+
+    stale = [str(path.relative_to(REPO)) for path, text in report_texts().items()
+             if not path.is_file() or path.read_text(encoding="utf-8") != text]
+    assert not stale, f"{stale} differ from segbench/report/files.py; regenerate with `python -m segbench.report.files`"
