@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "render reports/ (tables, figures, README.md, summary.json) from results/"
+HELP = "render reports/ (tables, figures, README.md, summary.json, plots/ for dvc plots) from results/"
 
 
 def build_reports(results_dir="results", out_dir="reports", data_root="data",
@@ -41,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from segbench.report.collect import collect
+    from segbench.report.plot_data import PLOT_DIR, write_plot_data
+
     build_reports(args.results, args.out, args.data, args.paper, args.literature, args.claims)
-    print(f"wrote {args.out}/README.md, tables, figures and summary.json")
+    write_plot_data(collect(args.results), args.out)
+    print(f"wrote {args.out}/README.md, tables, figures, summary.json and {PLOT_DIR}/ (dvc plots)")
 
 
 def main(argv: list[str] | None = None) -> int:
