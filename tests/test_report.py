@@ -537,7 +537,7 @@ def test_dvc_stage_declares_every_report_file():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
     outs = {next(iter(out)) for out in stage["outs"]}
     tables = {f"reports/{f.path}" for f in report_files(None)}
-    assert tables | {"reports/README.md", "reports/figures"} == outs
+    assert tables | {"reports/README.md", "reports/figures", "reports/plots"} == outs
     assert {"config/literature_results.csv", "config/paper_claims.yaml"} <= set(stage["deps"])
     ignored = (ROOT / "reports" / ".gitignore").read_text().splitlines()
     assert all(f"/{path.removeprefix('reports/').split('.')[0]}.*" in ignored for path in tables)

@@ -151,36 +151,22 @@ def figure_caption(cfg: dict, stem: str) -> str:
 FRONT_PAGE = """{% set cfg = snakemake.config %}
 segbench: {{ cfg.run_name }}
 ==========================================================
-
 {% if not cfg.comparable_to_paper %}
-**Synthetic data, smoke settings: not comparable to the paper.** Every table and figure below
-comes from seeded synthetic stand-ins of the datasets and toy model widths trained on the CPU; its
-numbers show that the pipeline learns, not how the models compare on real data.
+**Synthetic data, smoke settings: not comparable to the paper.** Seeded synthetic stand-ins of the
+datasets and toy model widths on the CPU: the numbers show that the pipeline learns, not how the
+models compare on real data.
 {% endif %}
 
-This is the workflow that reproduces *VM-UNetV2: Rethinking Vision Mamba UNet for Medical Image
-Segmentation* (Zhang et al., 2024) and compares every model under one training recipe.
+The VM-UNetV2 paper's protocol (Zhang et al., 2024), every model under one recipe.
 
-**What was run.** Models: {{ cfg.models | join(", ") }}; seeds {{ cfg.seeds | join(", ") }};
-data: {{ cfg.data.source }}; input {{ cfg.image_size }} x {{ cfg.image_size }};
-{{ cfg.train.epochs }} epochs, batch {{ cfg.train.batch_size }}, AdamW lr {{ cfg.train.lr }};
-from-scratch controls on: {{ cfg.from_scratch | join(", ") if cfg.from_scratch else "none" }}.
+**What was run:** {{ cfg.models | join(", ") }}; seeds {{ cfg.seeds | join(", ") }}; {{ cfg.data.source }} data at
+{{ cfg.image_size }} x {{ cfg.image_size }}; {{ cfg.train.epochs }} epochs, batch {{ cfg.train.batch_size }}, AdamW lr
+{{ cfg.train.lr }}; from scratch as well on: {{ cfg.from_scratch | join(", ") if cfg.from_scratch else "none" }};
+pretrained weights: {{ cfg.pretrained | join(", ") if cfg.pretrained else "none" }}.
 
-**Protocols** (training set: test sets):
-{% for name, spec in cfg.protocols.items() %}
-- {{ name }}: {{ spec.train }}: {{ spec.test | join(", ") }}
-{% endfor %}
+**Protocols:** {% for name, spec in cfg.protocols.items() %}{{ name }} ({{ spec.train }} -> {{ spec.test | join(", ") }}){{ "; " if not loop.last else "." }}{% endfor %}
 
-**Pretrained weights**: {% for model, path in cfg.pretrained.items() %}{{ model }} from {{ path }}{{ "; " if not loop.last else "." }}{% endfor %}
-{% if not cfg.pretrained %}none; every model is trained from scratch.{% endif %}
-
-**Deviations from the paper's setup** (``segbench/report/deviations.yaml``; the reasons are in
-``reports/README.md``):
-
-@DEVIATIONS@
-
-The tables, figures and ``summary.json`` are rendered from ``results/`` by ``dvc repro``
-(``segbench report``).
+**Deviations from the paper's setup** (reasons in ``reports/README.md``): @DEVIATIONS@.
 """
 
 
@@ -188,8 +174,8 @@ def front_page() -> str:
     """workflow/report/workflow.rst: what was run, the protocols, the weights, the deviations, the banner."""
     from segbench.report.readme import load_deviations
 
-    deviations = "\n".join(f"{number}. **{entry['topic']}** ({'kept' if entry.get('status') == 'kept' else 'changed'}): "
-                           f"{entry['ours']}" for number, entry in enumerate(load_deviations(), start=1))
+    deviations = "; ".join(f"{entry['topic']} ({'kept' if entry.get('status') == 'kept' else 'changed'})"
+                           for entry in load_deviations())
     return FRONT_PAGE.replace("@DEVIATIONS@", deviations)
 
 
