@@ -42,4 +42,5 @@ lint:
 	snakefmt --check workflow/Snakefile workflow/rules/*.smk
 
 clean-smoke:
-	rm -rf results logs data/processed data/splits data/cache weights/synthetic .snakemake
+	find results -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf logs data/processed data/splits data/cache weights/synthetic .snakemake
