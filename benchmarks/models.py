@@ -24,17 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from render import machine_lines, publish  # noqa: E402  (benchmarks/render.py, beside this file)
+from segbench.config import load_config  # noqa: E402
 from segbench.losses import BceDiceLoss  # noqa: E402
 from segbench.nn import selective_scan as scan  # noqa: E402
 from segbench.registry import create_model, get_card, list_models  # noqa: E402
-from segbench.train import _forward, _to_batch  # noqa: E402
-from segbench.transforms import augment_batch  # noqa: E402
+from segbench.train import forward, recipe_loss, training_batch  # noqa: E402
 
 REFERENCE = "unetv2"
 TARGET_MODEL, TARGET_RATIO = "vmunetv2", 3.0
@@ -50,7 +49,7 @@ class ModelBench:
     """One model's three measurements; each call times one repetition."""
 
     def __init__(self, name: str, paper_kwargs: dict, smoke_kwargs: dict, size: int, smoke_size: int,
-                 smoke_batch: int, scaling: str):
+                 smoke_batch: int, train_cfg: dict):
         torch.manual_seed(0)
         self.name = name
         self.model = create_model(name, **paper_kwargs)
@@ -63,7 +62,7 @@ class ModelBench:
         self.images = generator.integers(0, 256, (4 * smoke_batch, smoke_size, smoke_size, 3), dtype=np.uint8)
         self.masks = (generator.random((4 * smoke_batch, smoke_size, smoke_size)) > 0.5).astype(np.uint8) * 255
         self.batch = smoke_batch
-        self.scaling = scaling
+        self.train_cfg = train_cfg
         self.step_index = 0
         self.augment_generator = torch.Generator().manual_seed(0)
 
@@ -77,7 +76,8 @@ class ModelBench:
 
         def run():
             self.model.zero_grad(set_to_none=True)
-            self.model(self.inputs).float().sum().backward()
+            output = forward(self.model, self.inputs, False, torch.device("cpu"))
+            sum(head.sum() for head in (output if isinstance(output, list) else [output])).backward()
 
         return _seconds(run)
 
@@ -88,9 +88,9 @@ class ModelBench:
         index = np.arange(start, start + self.batch)
 
         def run():
-            images, masks = _to_batch(self.images[index], self.masks[index], torch.device("cpu"))
-            images, masks = augment_batch(images.float(), masks, self.augment_generator)
-            loss = self.criterion(_forward(self.smoke_model, images, self.scaling, False, torch.device("cpu")), masks)
+            images, masks = training_batch(self.images, self.masks, index, self.train_cfg, self.augment_generator,
+                                           torch.device("cpu"))
+            loss = recipe_loss(self.criterion, forward(self.smoke_model, images, False, torch.device("cpu")), masks)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -166,9 +166,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (1 if args.quick else 5)
-    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    smoke = load_config(ROOT / "config" / "smoke.yaml")  # validated: the train section's defaults filled
     smoke_size, smoke_batch = smoke["image_size"], smoke["train"]["batch_size"]
-    scaling = smoke["train"].get("input_scaling", "minmax255")
     size = 64 if args.quick else 256
     names = args.models or list_models()
     scan.set_default_backend("torch")
@@ -177,7 +176,7 @@ def main(argv=None) -> None:
     for name in names:
         paper_kwargs = get_card(name).test_kwargs if args.quick else {}
         benches.append(ModelBench(name, paper_kwargs, smoke.get("model_args", {}).get(name, {}), size,
-                                  smoke_size, smoke_batch, scaling))
+                                  smoke_size, smoke_batch, smoke["train"]))
         print(f"built {name}", flush=True)
     scan_inner = scan.torch_implementation(torch.empty(0))
     header = [

@@ -270,7 +270,7 @@ def test_deep_supervision_with_several_classes_is_refused():
 def test_toy_configurations_are_small():
     for name in ("vmunetv2", "vmunetv2_noscan", "vmunet", "unetv2"):
         model = _tiny(name)
-        assert sum(p.numel() for p in model.parameters()) < 4_000_000, name
+        assert sum(p.numel() for p in model.parameters()) < 5_000_000, name  # VM-UNet's learnable toy: 4.1 M
 
 
 SCAN_TENSORS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
