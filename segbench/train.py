@@ -329,6 +329,13 @@ def _describe_scan(requested: str, device: torch.device) -> str:
     return f"torch/{torch_implementation(probe)}" if backend == "torch" else backend
 
 
+def _first_problem(error: BaseException) -> str:
+    """The first line of torch's error that says what is wrong (not a header such as "Error(s) in loading
+    state_dict for UNet:"), for a one-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(error).__name__)
+
+
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "torch_rng", "best", "log")
 
 
@@ -367,8 +374,7 @@ def _resume(checkpoint_dir: Path, model, optimizer, scheduler, fingerprint: dict
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{last} does not fit this model and optimizer ({first_line}); delete "
+        raise CheckpointError(f"{last} does not fit this model and optimizer ({_first_problem(error)}); delete "
                               f"{checkpoint_dir} to train this run anew") from None
     print(f"resuming from {last} after epoch {state['epoch']}", flush=True)
     return {"epoch": state["epoch"], "best": state["best"], "log": list(state["log"])}
@@ -413,7 +419,6 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu"):
             "from the file). segbench writes plain state dicts: retrain the run or pull its results again."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{weights_path} cannot be loaded into {manifest['model']} with {manifest['model_kwargs']} "
-                         f"({first_line}); retrain the run") from None
+                         f"({_first_problem(error)}); retrain the run") from None
     return model.to(device).eval(), get_card(manifest["model"]), manifest
