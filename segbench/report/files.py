@@ -166,6 +166,7 @@ pretrained weights: {{ cfg.pretrained | join(", ") if cfg.pretrained else "none"
 
 **Protocols:** {% for name, spec in cfg.protocols.items() %}{{ name }} ({{ spec.train }} -> {{ spec.test | join(", ") }}){{ "; " if not loop.last else "." }}{% endfor %}
 
+
 **Deviations from the paper's setup** (reasons in ``reports/README.md``): @DEVIATIONS@.
 """
 
