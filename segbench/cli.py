@@ -27,17 +27,20 @@ def _gpu_slot_for(device: str):
 def _train(args) -> None:
     from segbench.train import train_run
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, variants=[args.variant])
     with _gpu_slot_for(cfg["train"]["device"]):
         train_run(cfg, args.protocol, args.variant, args.seed, args.out, restart=args.restart)
 
 
 def _pretrain(args) -> None:
+    from segbench.config import check_model_arguments
     from segbench.pretrain import pretrain_encoder, pretraining_model
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, variants=())
+    model = pretraining_model(cfg, args.out)
+    check_model_arguments(cfg, args.config, [model])
     with _gpu_slot_for(cfg["train"]["device"]):
-        pretrain_encoder(cfg, pretraining_model(cfg, args.out), args.out)
+        pretrain_encoder(cfg, model, args.out)
 
 
 def _evaluate(args) -> None:
@@ -46,7 +49,8 @@ def _evaluate(args) -> None:
     from segbench.nn.selective_scan import set_default_backend
     from segbench.train import load_trained, select_device
 
-    cfg = load_config(args.config)
+    # The run's model is rebuilt from its manifest, whose arguments were checked when it trained.
+    cfg = load_config(args.config, variants=())
     set_default_backend(cfg["scan_backend"])
     with _gpu_slot_for(cfg["train"]["device"]):
         device = select_device(cfg["train"]["device"])
@@ -77,8 +81,8 @@ def _profile(args) -> None:
     from segbench.train import select_device
 
     if args.config:
-        cfg = load_config(args.config)
         variant = args.variant or args.model
+        cfg = load_config(args.config, variants=[variant])
         model_name, kwargs = variant_spec(cfg, variant)
         if cfg["profile"]["configuration"] == "default":
             kwargs = {}

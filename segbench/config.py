@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import jsonschema
@@ -55,8 +56,12 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
-def validate_config(cfg: dict, source: str = "config") -> dict:
-    """Validate ``cfg`` in place (defaults filled) and check model names against the registry."""
+def validate_config(cfg: dict, source: str = "config", variants: Iterable[str] | None = None) -> dict:
+    """Validate ``cfg`` in place (defaults filled) and check model names against the registry.
+
+    ``variants``: the variants whose keyword arguments are checked by building them (None: every
+    planned one). A job passes only the one it builds: building all of them costs seconds per job.
+    """
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = _with_defaults(_strict_integers(jsonschema.Draft202012Validator))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -64,11 +69,11 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         problems = [f"{_key_path(error)}: {error.message}" for error in errors]
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}: " + "; ".join(problems)
                           + f" (every key is documented in config/README.md)")
-    check_references(cfg, source)
+    check_references(cfg, source, variants)
     return cfg
 
 
-def check_references(cfg: dict, source: str) -> None:
+def check_references(cfg: dict, source: str, variants: Iterable[str] | None = None) -> None:
     """Names that must exist elsewhere: registered models, protocols, and each model's keyword
     arguments (checked by building the model on the meta device, which allocates nothing)."""
     from segbench.registry import accepts_pretrained, list_models
@@ -108,16 +113,21 @@ def check_references(cfg: dict, source: str) -> None:
                 f"{source}: ablation.protocol: {ablation['protocol']!r} is not one of protocols "
                 f"({', '.join(cfg['protocols'])})"
             )
-    _check_model_arguments(cfg, source)
+    check_model_arguments(cfg, source, variants)
 
 
-def _check_model_arguments(cfg: dict, source: str) -> None:
+def check_model_arguments(cfg: dict, source: str, only: Iterable[str] | None = None) -> None:
+    """Build each planned variant (or those in ``only``) on the meta device: a ConfigError names the
+    first whose ``model_args`` its model does not accept."""
     import torch
 
     from segbench.registry import create_model, model_source
 
     variants = {name: f"model_args.{name}" for name in cfg["models"]}
     variants.update({cell: f"ablation (cell {cell})" for cell in ablation_cells(cfg)})
+    if only is not None:
+        wanted = {variant.removesuffix(SCRATCH_SUFFIX) for variant in only}
+        variants = {variant: where for variant, where in variants.items() if variant in wanted}
     for variant, where in variants.items():
         model, kwargs = variant_spec(cfg, variant)
         try:
@@ -134,7 +144,8 @@ def config_file_name(cfg: dict) -> str:
     return f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
 
 
-def load_config(path: str | Path) -> dict:
+def load_config(path: str | Path, variants: Iterable[str] | None = None) -> dict:
+    """Read and validate a config file; ``variants`` as in ``validate_config``."""
     path = Path(path)
     try:
         cfg = yaml.safe_load(path.read_text())
@@ -144,7 +155,7 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(cfg).__name__}")
-    return validate_config(cfg, str(path))
+    return validate_config(cfg, str(path), variants)
 
 
 SCRATCH_SUFFIX = "_scratch"

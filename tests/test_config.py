@@ -77,3 +77,11 @@ def test_values_that_would_fail_late_are_refused_at_load(mutate, message):
     mutate(cfg)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         validate_config(cfg, "smoke.yaml")
+
+
+def test_a_job_checks_only_the_arguments_of_the_variant_it_builds():
+    cfg = _smoke()
+    cfg["model_args"]["unet"]["base_widht"] = 4
+    validate_config(yaml.safe_load(yaml.safe_dump(cfg)), "smoke.yaml", variants=["vmunetv2_scratch"])
+    with pytest.raises(ConfigError, match=r"model_args\.unet: unet"):
+        validate_config(cfg, "smoke.yaml", variants=["unet"])

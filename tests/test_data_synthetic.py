@@ -17,6 +17,15 @@ def test_counts_follow_the_dataset_roles():
                       "colondb": 8, "etis": 8, "cvc300": 8}
 
 
+def test_n_isic_sets_the_isic_counts_only():
+    settings = SyntheticSettings(seed=0, n_train=24, n_test=8, n_isic=20)
+    counts = {name: synthetic_count(name, settings) for name in DATASET_NAMES}
+    assert counts == {"isic17": 20, "isic18": 20, "polyp_train": 24, "kvasir": 8, "clinicdb": 8,
+                      "colondb": 8, "etis": 8, "cvc300": 8}
+    with pytest.raises(ValueError, match="n_isic=0"):
+        SyntheticSettings(n_isic=0)
+
+
 @pytest.mark.parametrize("dataset", ["isic17", "polyp_train", "etis"])
 def test_images_and_masks_are_valid_and_varied(dataset):
     items = list(generate(dataset, SMOKE))

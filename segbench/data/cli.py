@@ -36,7 +36,7 @@ def _hash_pairs(values: list[str]) -> dict[str, str]:
 def _synthetic_settings(args):
     from segbench.data.synthetic import SyntheticSettings
 
-    return SyntheticSettings(seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+    return SyntheticSettings(seed=args.seed, n_train=args.n_train, n_test=args.n_test, n_isic=args.n_isic,
                              min_side=args.min_side, max_side=args.max_side)
 
 
@@ -143,6 +143,7 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--n-train", type=int, default=24)
     group.add_argument("--n-test", type=int, default=8)
+    group.add_argument("--n-isic", type=int, default=None, help="images per ISIC stand-in (default n-train + n-test)")
     group.add_argument("--min-side", type=int, default=80)
     group.add_argument("--max-side", type=int, default=128)
 

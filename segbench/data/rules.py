@@ -32,7 +32,7 @@ def prepare_options(config: dict, dataset: str) -> str:
         synthetic = data["synthetic"]
         return " ".join(["--source synthetic"] + [
             option(f"--{key.replace('_', '-')}", synthetic[key])
-            for key in ("seed", "n_train", "n_test", "min_side", "max_side")
+            for key in ("seed", "n_train", "n_test", "n_isic", "min_side", "max_side")
         ])
     names = archives_for(dataset, data["isic_split"])
     return " ".join(filter(None, [

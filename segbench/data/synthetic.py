@@ -32,7 +32,7 @@ class PolypDomain:
     """How one polyp stand-in draws its images (ranges are uniform draws per image)."""
 
     radius: tuple[float, float] = (0.12, 0.34)  # polyp radius as a fraction of the shorter side
-    contrast: tuple[float, float] = (0.25, 0.6)  # how strongly the polyp is shaded against the mucosa
+    contrast: tuple[float, float] = (0.45, 0.8)  # how strongly the polyp is shaded against the mucosa
     tint_strength: float = 1.0  # 0: the polyp has the mucosa's colour; 1: its own pinkish tint
     glare: float = 90.0  # brightness of the specular highlight
     colour_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain of the whole image
@@ -43,7 +43,7 @@ POLYP_DOMAINS = {
     "polyp_train": TRAINING_DOMAIN,
     "kvasir": TRAINING_DOMAIN,
     "clinicdb": TRAINING_DOMAIN,
-    "colondb": PolypDomain(contrast=(0.12, 0.3), tint_strength=0.45, glare=40.0),
+    "colondb": PolypDomain(contrast=(0.2, 0.4), tint_strength=0.5, glare=40.0),
     "etis": PolypDomain(radius=(0.07, 0.14)),
     "cvc300": PolypDomain(colour_cast=(0.8, 1.05, 1.3)),
 }
@@ -54,6 +54,7 @@ class SyntheticSettings:
     seed: int = 0
     n_train: int = 24
     n_test: int = 8
+    n_isic: int | None = None  # None: n_train + n_test
     min_side: int = 80
     max_side: int = 128
 
@@ -63,15 +64,16 @@ class SyntheticSettings:
                 f"synthetic sides: expected 16 <= min_side <= max_side, found min_side={self.min_side}, "
                 f"max_side={self.max_side}; fix data.synthetic in the config"
             )
-        if self.n_train < 1 or self.n_test < 1:
-            raise ValueError(f"synthetic counts must be >= 1, found n_train={self.n_train}, n_test={self.n_test}")
+        if min(self.n_train, self.n_test, 1 if self.n_isic is None else self.n_isic) < 1:
+            raise ValueError(f"synthetic counts must be >= 1, found n_train={self.n_train}, n_test={self.n_test}, "
+                             f"n_isic={self.n_isic}")
 
 
 def synthetic_count(dataset: str, settings: SyntheticSettings) -> int:
     """ISIC stand-ins hold train and test images (the split code cuts 7:3); polyp sets one kind."""
     spec = get_dataset(dataset)
     if spec.kind == "isic":
-        return settings.n_train + settings.n_test
+        return settings.n_isic or settings.n_train + settings.n_test
     return settings.n_train if spec.is_training_set else settings.n_test
 
 
