@@ -30,10 +30,10 @@ def prepare_options(config: dict, dataset: str) -> str:
     data = config["data"]
     if data["source"] == "synthetic":
         synthetic = data["synthetic"]
-        return " ".join(["--source synthetic"] + [
+        return " ".join(filter(None, ["--source synthetic"] + [
             option(f"--{key.replace('_', '-')}", synthetic[key])
-            for key in ("seed", "n_train", "n_test", "n_isic", "min_side", "max_side")
-        ])
+            for key in ("seed", "n_train", "n_test", "min_side", "max_side")
+        ] + [option("--n-isic", synthetic.get("n_isic"))]))  # optional: data.smk also runs without the schema
     names = archives_for(dataset, data["isic_split"])
     return " ".join(filter(None, [
         "--source real",
