@@ -38,7 +38,7 @@ class ReportFile:
     def caption_file(self) -> str:
         """The name of this file's caption under workflow/report/captions/."""
         stem = Path(self.path).with_suffix("").name
-        return f"{stem if (CAPTION_DIR / f'{stem}.rst').exists() else GENERIC_QUALITATIVE}.rst"
+        return f"{stem if stem in caption_templates() else GENERIC_QUALITATIVE}.rst"
 
 
 # (file stem, category, caption): the tables, in the README's order
@@ -190,9 +190,10 @@ def report_texts() -> dict[Path, str]:
 def write_report_texts() -> list[Path]:
     """Write workflow/report/ (the report rule's front page and captions); returns the files."""
     CAPTION_DIR.mkdir(parents=True, exist_ok=True)
-    for path, text in report_texts().items():
+    texts = report_texts()
+    for path, text in texts.items():
         path.write_text(text, encoding="utf-8")
-    return list(report_texts())
+    return list(texts)
 
 
 def main(argv: list[str] | None = None) -> int:
